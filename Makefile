@@ -1,0 +1,45 @@
+# dhtwisted: `make run` starts a node, `make test` runs the whole suite.
+# Both create .venv and install the project into it first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+CONFIG ?= etc/node.ini
+SOURCES := setup.py README.md $(shell find dhtwisted twisted -name '*.py' 2>/dev/null)
+
+.PHONY: install run test trial lint proto clean
+
+# The venv with the dependencies (rebuilt when setup.py changes).
+$(VENV)/.deps: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet '.[test,proto,lint]'
+	touch $@
+
+# The project itself, installed as a user would (not editable, so that
+# twistd finds twisted/plugins the way it will after `pip install .`).
+$(VENV)/.installed: $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install --quiet --no-deps --force-reinstall .
+	$(PY) -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/twistd -n dht --config $(CONFIG)
+
+test: $(VENV)/.installed
+	$(PY) -b -m pytest -p no:cacheprovider tests
+
+trial: $(VENV)/.installed
+	$(PY) -b -m twisted.trial --random=0 tests
+
+lint: $(VENV)/.deps
+	$(BIN)/ruff check dhtwisted tests twisted setup.py
+
+proto: $(VENV)/.deps
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=dhtwisted/_proto proto/dht.proto
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp .pytest_cache

@@ -1,0 +1,271 @@
+# -*- test-case-name: tests.test_commands -*-
+"""
+The client commands, independent of how they arrived (text or RESP).
+
+L{Commands.execute} takes a command's arguments and returns its reply, or a
+Deferred of it when replicas must be asked. Replies are plain values that
+each protocol encodes its own way: L{Status}, L{ErrorReply}, C{bytes} (a
+value), C{None} (a missing key), C{int}, a C{list} (one item per key of an
+C{MGET}), L{Lines} (C{INFO}, C{MEMBERS}).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence, Union
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .twopc import TransactionFailed
+
+__all__ = ["Commands", "ErrorReply", "HelloReply", "Lines", "OK", "QUIT", "Status"]
+
+log = Logger()
+
+
+class Status(str):
+    """
+    A short status reply: C{ok} in text, C{+OK} in RESP.
+    """
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """
+    An error reply: C{ERR <message>}.
+    """
+
+    message: str
+
+
+class Lines(tuple[str, ...]):
+    """
+    A reply of several lines (C{INFO}, C{MEMBERS}): in text each is a line
+    and an empty line ends them; in RESP they are one bulk string.
+    """
+
+
+@dataclass(frozen=True)
+class HelloReply:
+    """
+    The reply to C{HELLO}: the protocol the connection speaks from now on,
+    and facts about the server (a map in RESP3, a flat array in RESP2).
+    """
+
+    proto: int
+    fields: tuple[tuple[str, Union[str, int]], ...]
+
+
+OK = Status("OK")
+PONG = Status("PONG")
+#: The reply to C{QUIT}: C{OK}, then the connection closes.
+QUIT = Status("OK")
+
+Reply = Union[Status, ErrorReply, bytes, None, int, list, Lines, HelloReply]
+
+
+class NodeAPI(Protocol):
+    """
+    What the commands need of a node.
+    """
+
+    def read(self, keys: Sequence[bytes]) -> Deferred[list[Optional[bytes]]]:
+        """
+        Values of C{keys}, C{None} where missing.
+        """
+
+    def write(self, writes: Sequence[tuple[bytes, Optional[bytes]]]) -> Deferred[list[bool]]:
+        """
+        Commit C{writes} everywhere or nowhere; fire with which keys existed.
+        """
+
+    def info(self, section: Optional[str]) -> list[str]:
+        """
+        The C{INFO} lines.
+        """
+
+    def members(self) -> list[str]:
+        """
+        The C{MEMBERS} lines.
+        """
+
+
+@dataclass(frozen=True)
+class _Command:
+    run: Callable[["Commands", list[bytes]], object]
+    min_args: int
+    max_args: Optional[int]  # None: no upper bound
+    pairs: bool = False  # arguments after the name come in pairs
+
+
+class Commands:
+    """
+    Runs client commands against a node.
+
+    :param node: the node.
+    :param max_key: the longest key accepted.
+    :param max_value: the largest value accepted.
+    """
+
+    def __init__(self, node: NodeAPI, max_key: int, max_value: int) -> None:
+        self._node = node
+        self._max_key = max_key
+        self._max_value = max_value
+        self.calls: Counter[str] = Counter()
+        self.errors = 0
+
+    def execute(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+        """
+        Run one command.
+
+        :param args: the command name and its arguments.
+        :return: the reply, or a Deferred firing with it (never failing).
+        """
+        name = args[0].upper()
+        command = _TABLE.get(name)
+        if command is None:
+            self.errors += 1
+            shown = args[0][:64].decode("utf-8", "replace")
+            return ErrorReply(f"unknown command '{shown}'")
+        count = len(args) - 1
+        if (
+            count < command.min_args
+            or (command.max_args is not None and count > command.max_args)
+            or (command.pairs and count % 2)
+        ):
+            self.errors += 1
+            return ErrorReply(
+                f"wrong number of arguments for '{name.decode().lower()}' command"
+            )
+        self.calls[name.decode()] += 1
+        return command.run(self, args)  # type: ignore[return-value]
+
+    def _check_key(self, key: bytes) -> Optional[ErrorReply]:
+        if len(key) > self._max_key:
+            return ErrorReply(f"key is longer than max_key ({self._max_key} bytes)")
+        return None
+
+    def _check_keys(self, keys: Sequence[bytes]) -> Optional[ErrorReply]:
+        for key in keys:
+            error = self._check_key(key)
+            if error is not None:
+                return error
+        return None
+
+    def _check_value(self, value: bytes) -> Optional[ErrorReply]:
+        if len(value) > self._max_value:
+            return ErrorReply(f"value is larger than max_value ({self._max_value} bytes)")
+        return None
+
+    def _write(
+        self, writes: list[tuple[bytes, Optional[bytes]]], reply: Callable[[list[bool]], Reply]
+    ) -> Union[Reply, Deferred[Reply]]:
+        for key, value in writes:
+            error = self._check_key(key) or (value is not None and self._check_value(value))
+            if error:
+                return error
+        return self._settle(self._node.write(writes), reply)
+
+    def _settle(self, d: Deferred, reply: Callable) -> Deferred[Reply]:
+        def failed(f: Failure) -> ErrorReply:
+            self.errors += 1
+            if f.check(TransactionFailed):
+                return ErrorReply(f.value.reason)
+            log.failure("command failed", f)
+            return ErrorReply("internal error, see the node's log")
+
+        return d.addCallbacks(reply, failed)
+
+    def _get(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+        return self._check_key(args[1]) or self._settle(
+            self._node.read([args[1]]), lambda values: values[0]
+        )
+
+    def _mget(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+        keys = args[1:]
+        return self._check_keys(keys) or self._settle(self._node.read(keys), list)
+
+    def _exists(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+        keys = args[1:]
+        return self._check_keys(keys) or self._settle(
+            self._node.read(keys), lambda values: sum(v is not None for v in values)
+        )
+
+    def _set(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+        if len(args) > 3:
+            return ErrorReply("syntax error: SET takes a key and a value; "
+                              "options such as EX, PX, NX and XX are not supported")
+        return self._write([(args[1], args[2])], lambda _: OK)
+
+    def _mset(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+        pairs = [(args[i], args[i + 1]) for i in range(1, len(args), 2)]
+        return self._write(pairs, lambda _: OK)  # type: ignore[arg-type]
+
+    def _del(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+        return self._write([(key, None) for key in args[1:]], sum)
+
+    def _ping(self, args: list[bytes]) -> Reply:
+        return args[1] if len(args) > 1 else PONG
+
+    def _echo(self, args: list[bytes]) -> Reply:
+        return args[1]
+
+    def _info(self, args: list[bytes]) -> Reply:
+        section = args[1].decode("utf-8", "replace").lower() if len(args) > 1 else None
+        return Lines(self._node.info(section))
+
+    def _members(self, args: list[bytes]) -> Reply:
+        return Lines(self._node.members())
+
+    def _quit(self, args: list[bytes]) -> Reply:
+        return QUIT
+
+    def _ok(self, args: list[bytes]) -> Reply:
+        return OK
+
+    def _empty(self, args: list[bytes]) -> Reply:
+        return []
+
+    def _hello(self, args: list[bytes]) -> Reply:
+        proto = args[1] if len(args) > 1 else b"2"
+        if proto not in (b"2", b"3"):
+            return ErrorReply("NOPROTO unsupported protocol version")
+        if len(args) > 2:
+            return ErrorReply("HELLO options (AUTH, SETNAME) are not supported")
+        from . import __version__
+
+        return HelloReply(int(proto), (
+            ("server", "dhtwisted"), ("version", __version__), ("proto", int(proto)),
+            ("mode", "cluster"), ("role", "master"),
+        ))
+
+    def _select(self, args: list[bytes]) -> Reply:
+        if args[1] == b"0":
+            return OK
+        return ErrorReply("only database 0 exists")
+
+
+_TABLE: dict[bytes, _Command] = {
+    b"GET": _Command(Commands._get, 1, 1),
+    b"SET": _Command(Commands._set, 2, None),
+    b"DEL": _Command(Commands._del, 1, None),
+    b"MSET": _Command(Commands._mset, 2, None, pairs=True),
+    b"MGET": _Command(Commands._mget, 1, None),
+    b"EXISTS": _Command(Commands._exists, 1, None),
+    b"PING": _Command(Commands._ping, 0, 1),
+    b"ECHO": _Command(Commands._echo, 1, 1),
+    b"INFO": _Command(Commands._info, 0, 1),
+    b"MEMBERS": _Command(Commands._members, 0, 0),
+    b"QUIT": _Command(Commands._quit, 0, None),
+    b"EXIT": _Command(Commands._quit, 0, None),
+    b"HELLO": _Command(Commands._hello, 0, None),
+    b"SELECT": _Command(Commands._select, 1, 1),
+    # what Redis tools send on connecting: redis-cli asks COMMAND DOCS,
+    # redis-benchmark CONFIG GET, redis-py CLIENT SETINFO
+    b"COMMAND": _Command(Commands._empty, 0, None),
+    b"CONFIG": _Command(Commands._empty, 1, None),
+    b"CLIENT": _Command(Commands._ok, 1, None),
+}

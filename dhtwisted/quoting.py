@@ -1,0 +1,142 @@
+# -*- test-case-name: tests.test_quoting -*-
+"""
+The text protocol's words: splitting a command line into arguments, and
+quoting values in replies so that every reply line is unambiguous.
+
+Arguments are separated by spaces or tabs. An argument may be double-quoted,
+with backslash escapes (C{\\n \\r \\t \\a \\b \\" \\\\ \\xHH}), or
+single-quoted (only C{\\'} is an escape), as in redis-cli.
+
+A value that could be misread when printed bare (empty, holding spaces,
+quotes, backslashes, control or non-UTF-8 bytes, or looking like a reply such
+as C{ok}, C{(nil)} or C{ERR ...}) is sent double-quoted with escapes, in
+plain ASCII. Pure: no Twisted.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["QuotingError", "quote_value", "split_args", "unquote_reply"]
+
+
+class QuotingError(ValueError):
+    """
+    A command line cannot be split into arguments (e.g. unbalanced quotes).
+    """
+
+
+_SPACE = re.compile(rb"[ \t]*")
+_BARE = re.compile(rb"[^ \t]+")
+_DQUOTED = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*)"', re.DOTALL)
+_SQUOTED = re.compile(rb"'([^'\\]*(?:\\.[^'\\]*)*)'", re.DOTALL)
+_ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|.)", re.DOTALL)
+_SIMPLE_ESCAPES = {
+    b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b",
+}
+_NEEDS_QUOTE = re.compile(rb"[^\x21-\x7e]|[\"'\\]")
+_TO_ESCAPE = re.compile(rb"[^\x20-\x7e]|[\"\\]")
+_ESCAPED = {
+    b"\n": b"\\n", b"\r": b"\\r", b"\t": b"\\t", b"\a": b"\\a", b"\b": b"\\b",
+    b'"': b'\\"', b"\\": b"\\\\",
+}
+_REPLY_LIKE = (b"ok", b"(nil)", b"pong")
+
+
+def _unescape_one(m: re.Match[bytes]) -> bytes:
+    code = m.group(1)
+    if len(code) == 3:
+        return bytes([int(code[1:], 16)])
+    return _SIMPLE_ESCAPES.get(code, code)
+
+
+def _unescape_double(body: bytes) -> bytes:
+    if b"\\" not in body:
+        return body
+    return _ESCAPE.sub(_unescape_one, body)
+
+
+def _unescape_single(body: bytes) -> bytes:
+    return body.replace(b"\\'", b"'") if b"\\" in body else body
+
+
+def split_args(line: bytes) -> list[bytes]:
+    """
+    Split one command line (without its line ending) into arguments.
+
+    :raises QuotingError: for unbalanced quotes, or a closing quote that is
+        not followed by a space or the end of the line.
+    """
+    if b'"' not in line and b"'" not in line:
+        return line.split()
+    args: list[bytes] = []
+    pos = 0
+    end = len(line)
+    while True:
+        pos = _SPACE.match(line, pos).end()  # type: ignore[union-attr]
+        if pos >= end:
+            return args
+        first = line[pos]
+        if first == 0x22 or first == 0x27:
+            pattern, unescape = (
+                (_DQUOTED, _unescape_double) if first == 0x22 else (_SQUOTED, _unescape_single)
+            )
+            m = pattern.match(line, pos)
+            if m is None:
+                raise QuotingError("unbalanced quotes in request")
+            pos = m.end()
+            if pos < end and line[pos] not in b" \t":
+                raise QuotingError("closing quote must be followed by a space")
+            args.append(unescape(m.group(1)))
+        else:
+            m = _BARE.match(line, pos)
+            assert m is not None
+            args.append(m.group())
+            pos = m.end()
+
+
+def _escape_one(m: re.Match[bytes]) -> bytes:
+    char = m.group()
+    return _ESCAPED.get(char) or b"\\x%02x" % char[0]
+
+
+def _is_plain(value: bytes) -> bool:
+    """
+    Whether C{value} can be printed bare: one printable word that reads like
+    no reply and has no quotes or backslashes.
+    """
+    if not value or value.lower() in _REPLY_LIKE or value[:3].upper() == b"ERR":
+        return False
+    if _NEEDS_QUOTE.search(value) is None:
+        return True
+    if value.isascii():
+        return False
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return text.isprintable() and not any(c.isspace() or c in "\"'\\" for c in text)
+
+
+def quote_value(value: bytes) -> bytes:
+    """
+    C{value} as it goes in a reply line: bare when that is unambiguous,
+    otherwise double-quoted with escapes (plain ASCII).
+    """
+    if _is_plain(value):
+        return value
+    return b'"' + _TO_ESCAPE.sub(_escape_one, value) + b'"'
+
+
+def unquote_reply(line: bytes) -> bytes:
+    """
+    The value a reply line stands for: the inverse of L{quote_value}.
+
+    :raises QuotingError: if a quoted line is malformed.
+    """
+    if not line.startswith(b'"'):
+        return line
+    m = _DQUOTED.fullmatch(line)
+    if m is None:
+        raise QuotingError("malformed quoted reply")
+    return _unescape_double(m.group(1))

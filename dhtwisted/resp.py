@@ -1,0 +1,170 @@
+# -*- test-case-name: tests.test_resp -*-
+"""
+RESP2, the Redis serialization protocol: parsing commands, encoding replies.
+
+Pure: no Twisted. Parsing works on a bytes buffer and returns the complete
+commands at its start, so a client's whole read is parsed in one call.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+__all__ = [
+    "RespError",
+    "encode_array",
+    "encode_bulk",
+    "encode_error",
+    "encode_integer",
+    "encode_status",
+    "parse_commands",
+]
+
+NIL = b"$-1\r\n"
+SplitFn = Callable[[bytes], list[bytes]]
+_MAX_ARGS = 1024 * 1024
+
+
+class RespError(ValueError):
+    """
+    The client sent bytes that are not RESP; the connection must be closed.
+    """
+
+
+def encode_status(text: str) -> bytes:
+    """
+    A simple string reply, such as C{+OK}.
+    """
+    return b"+" + text.encode("utf-8") + b"\r\n"
+
+
+def encode_error(message: str) -> bytes:
+    """
+    An error reply, C{-ERR message}; line breaks in C{message} become spaces.
+    """
+    clean = message.replace("\r", " ").replace("\n", " ")
+    return b"-ERR " + clean.encode("utf-8", "replace") + b"\r\n"
+
+
+def encode_integer(number: int) -> bytes:
+    """
+    An integer reply.
+    """
+    return b":%d\r\n" % number
+
+
+def encode_bulk(value: Optional[bytes]) -> bytes:
+    """
+    A bulk string reply; C{None} is the nil bulk string.
+    """
+    if value is None:
+        return NIL
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def encode_array(values: Sequence[Optional[bytes]]) -> bytes:
+    """
+    An array of bulk strings (C{None} items are nil).
+    """
+    return b"*%d\r\n" % len(values) + b"".join(encode_bulk(v) for v in values)
+
+
+def _line_end(buf: bytes, pos: int, limit: int, what: str) -> int:
+    """
+    The index of the C{\\r\\n} ending the line at C{pos}, or -1 if the line
+    is not complete yet.
+    """
+    end = buf.find(b"\r\n", pos, pos + limit + 2)
+    if end < 0 and len(buf) - pos > limit:
+        raise RespError(f"Protocol error: too big {what}")
+    return end
+
+
+def _header(buf: bytes, pos: int, end: int, what: str) -> int:
+    try:
+        return int(buf[pos + 1 : end])
+    except ValueError:
+        raise RespError(f"Protocol error: invalid {what}") from None
+
+
+def parse_commands(
+    buf: bytes, max_bulk: int, max_inline: int, split_inline: SplitFn
+) -> tuple[list[list[bytes]], int, int]:
+    """
+    Parse the complete commands at the start of C{buf}.
+
+    A command is a RESP array of bulk strings, or (as Redis allows) an inline
+    command: a line of words.
+
+    :param max_bulk: the longest bulk string accepted.
+    :param max_inline: the longest inline command or header line accepted.
+    :param split_inline: splits an inline command line into arguments.
+    :return: the commands, the number of bytes they used, and how many bytes
+        the next (incomplete) command needs at least, or 0 if unknown.
+    :raises RespError: on bytes that are not RESP, once the commands before
+        them have been returned by earlier calls. (To keep the order of
+        replies, a call that finds an error after complete commands returns
+        those first; the next call raises.)
+    """
+    commands: list[list[bytes]] = []
+    pos = 0
+    size = len(buf)
+    while pos < size:
+        start = pos
+        if buf[pos] != 0x2A:  # not '*': an inline command
+            end = buf.find(b"\n", pos, pos + max_inline + 1)
+            if end < 0:
+                if size - pos > max_inline:
+                    if commands:
+                        return commands, start, 0
+                    raise RespError("Protocol error: too big inline request")
+                return commands, start, 0
+            line = buf[pos:end]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            pos = end + 1
+            try:
+                args = split_inline(line)
+            except ValueError as e:
+                if commands:
+                    return commands, start, 0
+                raise RespError(f"Protocol error: {e}") from None
+            if args:
+                commands.append(args)
+            continue
+        try:
+            end = _line_end(buf, pos, 32, "multibulk count")
+            if end < 0:
+                return commands, start, 0
+            count = _header(buf, pos, end, "multibulk length")
+            if count > _MAX_ARGS:
+                raise RespError("Protocol error: invalid multibulk length")
+            pos = end + 2
+            args = []
+            for _ in range(max(count, 0)):
+                if pos >= size:
+                    return commands, start, 0
+                if buf[pos] != 0x24:  # '$'
+                    got = chr(buf[pos]) if 0x20 < buf[pos] < 0x7F else "\\x%02x" % buf[pos]
+                    raise RespError(f"Protocol error: expected '$', got '{got}'")
+                end = _line_end(buf, pos, 32, "bulk count")
+                if end < 0:
+                    return commands, start, 0
+                length = _header(buf, pos, end, "bulk length")
+                if length < 0 or length > max_bulk:
+                    raise RespError("Protocol error: invalid bulk length")
+                pos = end + 2
+                stop = pos + length
+                if stop + 2 > size:
+                    return commands, start, (stop + 2 - start)
+                if buf[stop : stop + 2] != b"\r\n":
+                    raise RespError("Protocol error: bulk string not followed by CRLF")
+                args.append(buf[pos:stop])
+                pos = stop + 2
+        except RespError:
+            if commands:
+                return commands, start, 0
+            raise
+        if args:
+            commands.append(args)
+    return commands, pos, 0

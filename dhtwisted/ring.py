@@ -1,0 +1,120 @@
+# -*- test-case-name: tests.test_ring -*-
+"""
+The consistent-hash ring: where a key lives.
+
+A key sits at C{md5(key) mod ring_size}, as in the reference. Each node owns
+one or more tokens (positions); its C{ring_id} is its first and the others,
+when C{vnodes > 1}, are derived from its id so every node computes the same
+ring. A key's preference list is the distinct nodes met walking clockwise
+from its position: the first N are its replicas.
+
+Pure: no Twisted, no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from typing import Iterable, Mapping, Sequence
+
+__all__ = ["Ring", "key_position", "node_tokens"]
+
+
+def key_position(key: bytes, ring_size: int) -> int:
+    """
+    The position of C{key} on a ring of C{ring_size} positions.
+    """
+    return int.from_bytes(hashlib.md5(key).digest(), "big") % ring_size
+
+
+def node_tokens(node_id: str, ring_id: int, vnodes: int, ring_size: int) -> list[int]:
+    """
+    The tokens of a node: C{ring_id}, then C{vnodes - 1} more spread from a
+    hash of the node's id and ring id.
+    """
+    tokens = [ring_id % ring_size]
+    seen = set(tokens)
+    counter = 0
+    while len(tokens) < min(vnodes, ring_size):
+        seed = f"{node_id}/{ring_id}/{counter}".encode("utf-8")
+        token = key_position(seed, ring_size)
+        counter += 1
+        if token not in seen:
+            seen.add(token)
+            tokens.append(token)
+    return tokens
+
+
+class Ring:
+    """
+    An immutable ring built from the tokens of the live nodes.
+
+    :param tokens: node id to that node's tokens.
+    :param ring_size: the number of positions.
+    """
+
+    def __init__(self, tokens: Mapping[str, Iterable[int]], ring_size: int) -> None:
+        self.ring_size = ring_size
+        owners: dict[int, str] = {}
+        for node_id in sorted(tokens):
+            for token in tokens[node_id]:
+                # two nodes on one token: the smaller id wins it, everywhere
+                owners.setdefault(token % ring_size, node_id)
+        self._tokens: list[int] = sorted(owners)
+        self._owners: list[str] = [owners[t] for t in self._tokens]
+        self.nodes: frozenset[str] = frozenset(self._owners)
+        self._cache: dict[tuple[int, int], list[str]] = {}
+
+    def __len__(self) -> int:
+        """
+        The number of nodes on the ring.
+        """
+        return len(self.nodes)
+
+    def preference_list(self, key: bytes, n: int) -> list[str]:
+        """
+        The first C{n} distinct nodes clockwise from C{key}'s position.
+        """
+        return self.walk(key_position(key, self.ring_size), n)
+
+    def walk(self, position: int, n: int) -> list[str]:
+        """
+        The first C{n} distinct nodes clockwise from C{position}, starting
+        with the owner of the first token at or after it.
+        """
+        if not self._tokens:
+            return []
+        n = min(n, len(self.nodes))
+        start = bisect.bisect_left(self._tokens, position)
+        cached = self._cache.get((start, n))
+        if cached is not None:
+            return cached
+        found: list[str] = []
+        count = len(self._tokens)
+        for i in range(count):
+            node = self._owners[(start + i) % count]
+            if node not in found:
+                found.append(node)
+                if len(found) == n:
+                    break
+        self._cache[(start, n)] = found
+        return found
+
+    def primary_share(self) -> dict[str, float]:
+        """
+        The share of ring positions each node is primary for.
+        """
+        share = dict.fromkeys(self.nodes, 0.0)
+        count = len(self._tokens)
+        for i, token in enumerate(self._tokens):
+            previous = self._tokens[i - 1] if i else self._tokens[-1] - self.ring_size
+            share[self._owners[i]] += (token - previous) / self.ring_size
+        if count == 1:
+            share[self._owners[0]] = 1.0
+        return share
+
+    def tokens(self) -> Sequence[tuple[int, str]]:
+        """
+        Every token with its owner, in ring order.
+        """
+        return list(zip(self._tokens, self._owners))

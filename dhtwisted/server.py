@@ -1,0 +1,441 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The node's one listening port: clients speaking the text protocol or RESP2,
+and (from the cluster on) peers.
+
+The first bytes of a connection pick its protocol: the peer preamble makes a
+peer link, C{*} makes a RESP2 client (as redis-cli, redis-py and
+redis-benchmark speak), anything else a text client. The protocol only
+parses bytes into commands and encodes replies; L{Commands} runs them.
+
+Replies go out in the order the commands came in, even when a later one is
+answered first. A client with more than C{max_pipeline} commands in progress
+is not read from until it has fewer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Callable, Optional, Union
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .commands import QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
+from .quoting import QuotingError, quote_value, split_args
+from .resp import (
+    RespError,
+    encode_array,
+    encode_bulk,
+    encode_error,
+    encode_integer,
+    encode_status,
+    parse_commands,
+)
+
+__all__ = ["NodeFactory", "NodeProtocol", "PEER_MAGIC", "encode_resp", "encode_text"]
+
+log = Logger()
+
+#: The first bytes of a peer link; a protocol version follows. No text or
+#: RESP client starts with a NUL byte.
+PEER_MAGIC = b"\x00DHT"
+
+_HTTP = re.compile(rb"^(GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT) \S+ HTTP/\d\.\d$")
+_TEXT_EOL = b"\r\n"
+
+
+def encode_text(reply: Reply) -> bytes:
+    """
+    A reply in the text protocol: one line (several for C{MGET}, C{INFO},
+    C{MEMBERS}).
+    """
+    if reply is None:
+        return b"(nil)" + _TEXT_EOL
+    if isinstance(reply, bytes):
+        return quote_value(reply) + _TEXT_EOL
+    if isinstance(reply, Status):
+        return (b"ok" if reply == "OK" else reply.encode("utf-8")) + _TEXT_EOL
+    if isinstance(reply, ErrorReply):
+        return b"ERR " + _one_line(reply.message) + _TEXT_EOL
+    if isinstance(reply, int):
+        return b"%d" % reply + _TEXT_EOL
+    if isinstance(reply, Lines):
+        return b"".join(_one_line(line) + _TEXT_EOL for line in reply) + _TEXT_EOL
+    if isinstance(reply, HelloReply):
+        return encode_text(Lines(f"{k}:{v}" for k, v in reply.fields))
+    return b"".join(encode_text(item) for item in reply)
+
+
+def _one_line(text: str) -> bytes:
+    return text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace")
+
+
+def encode_resp(reply: Reply) -> bytes:
+    """
+    A reply in RESP2.
+    """
+    if reply is None or isinstance(reply, bytes):
+        return encode_bulk(reply)
+    if isinstance(reply, Status):
+        return encode_status(reply)
+    if isinstance(reply, ErrorReply):
+        return encode_error(reply.message)
+    if isinstance(reply, int):
+        return encode_integer(reply)
+    if isinstance(reply, Lines):
+        return encode_bulk("".join(line + "\r\n" for line in reply).encode("utf-8"))
+    if isinstance(reply, HelloReply):
+        items = [_resp_scalar(k) + _resp_scalar(v) for k, v in reply.fields]
+        kind = b"%" if reply.proto == 3 else b"*"
+        count = len(items) if reply.proto == 3 else 2 * len(items)
+        return kind + b"%d\r\n" % count + b"".join(items)
+    if reply and any(isinstance(item, ErrorReply) for item in reply):
+        return next(encode_error(i.message) for i in reply if isinstance(i, ErrorReply))
+    return encode_array(reply)
+
+
+def encode_resp3(reply: Reply) -> bytes:
+    """
+    A reply in RESP3, for clients that said C{HELLO 3}: as RESP2 but for
+    the null, C{_}.
+    """
+    if reply is None:
+        return b"_\r\n"
+    if isinstance(reply, list) and not any(isinstance(i, ErrorReply) for i in reply):
+        return b"*%d\r\n" % len(reply) + b"".join(
+            b"_\r\n" if item is None else encode_bulk(item) for item in reply
+        )
+    return encode_resp(reply)
+
+
+def _resp_scalar(value: Union[str, int]) -> bytes:
+    if isinstance(value, int):
+        return encode_integer(value)
+    return encode_bulk(value.encode("utf-8"))
+
+
+Command = Union[list[bytes], ErrorReply]
+
+
+def _text_command(line: bytes) -> Optional[Command]:
+    """
+    One text command line to its arguments, C{None} for a blank line, or
+    an L{ErrorReply} for a line that cannot be a command.
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return ErrorReply(
+            "request is not UTF-8 text; write other bytes as \\xHH inside double quotes"
+        )
+    try:
+        args = split_args(line)
+    except QuotingError as e:
+        return ErrorReply(str(e))
+    return args or None
+
+
+class NodeProtocol(Protocol):
+    """
+    One connection to the node's port, until its first bytes say what it
+    is; then a text or RESP client (peers are handed to the peer side).
+    """
+
+    factory: "NodeFactory"
+
+    def __init__(self, factory: "NodeFactory") -> None:
+        self.factory = factory
+        self._mode: Optional[str] = None
+        self._encode: Callable[[Reply], bytes] = encode_text
+        self._buf = b""
+        self._more: list[bytes] = []  # chunks of an incomplete command
+        self._more_len = 0
+        self._need = 0  # bytes the incomplete RESP command needs at least
+        self._replies: deque[list[Optional[bytes]]] = deque()
+        self._out: list[bytes] = []
+        self._reading = False
+        self._paused = False
+        self._done = False  # no more commands: QUIT, fatal error or closed
+        self._counted = False
+        self._lost = False
+
+    def connectionMade(self) -> None:
+        """
+        Count the connection; refuse it when the node has far too many.
+        """
+        self.factory.connections += 1
+        if self.factory.connections > self.factory.max_connections:
+            log.warn("refused a connection: {count} open", count=self.factory.connections)
+            self._done = True
+            self.transport.abortConnection()
+            return
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """
+        Forget the connection; commands in progress finish without it.
+        """
+        self._done = True
+        self._lost = True
+        self._replies.clear()
+        self.factory.connections -= 1
+        if self._counted:
+            self.factory.clients -= 1
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse and run every complete command in C{data}, then send what
+        replies are ready in one write.
+        """
+        if self._done:
+            return
+        if self._mode is None:
+            chosen = self._choose_mode(data)
+            if chosen is None:
+                return
+            data = chosen
+        if self._more:
+            self._more.append(data)
+            self._more_len += len(data)
+            if self._more_len < self._need or (self._need == 0 and self._waiting_for_line(data)):
+                return
+            data = b"".join(self._more)
+            self._more = []
+            self._more_len = 0
+        elif self._buf:
+            data = self._buf + data
+        self._buf = data
+        self._reading = True
+        try:
+            self._process()
+        finally:
+            self._reading = False
+        self._send()
+
+    def _waiting_for_line(self, data: bytes) -> bool:
+        if self._mode == "resp" or b"\n" in data:
+            return False
+        if self._more_len > self.factory.max_line:
+            self._fatal(f"line too long (max_line is {self.factory.max_line} bytes)")
+            self._more = []
+            self._send()
+        return True
+
+    def _choose_mode(self, data: bytes) -> Optional[bytes]:
+        """
+        Pick the connection's protocol from its first bytes.
+
+        :return: the bytes to parse as client commands, or C{None} if there
+            are none (yet).
+        """
+        data = self._buf + data
+        self._buf = b""
+        if len(data) < len(PEER_MAGIC) and PEER_MAGIC.startswith(data):
+            self._buf = data  # too short to tell yet
+            return None
+        if data.startswith(PEER_MAGIC):
+            self._mode = "peer"
+            self._done = True
+            self.factory.peer_connected(self, data)
+            return None
+        if data[:1] == b"*":
+            self._mode = "resp"
+            self._encode = encode_resp
+        else:
+            self._mode = "text"
+        self._counted = True
+        self.factory.clients += 1
+        if self.factory.clients > self.factory.max_clients:
+            self._fatal("max number of clients reached")
+            self._send()
+            return None
+        return data
+
+    def _process(self) -> None:
+        if self._mode == "resp":
+            self._process_resp()
+        else:
+            self._process_text()
+        if not self._done and len(self._buf) > 0:
+            # keep the incomplete command as a chunk; join only when complete
+            self._more = [self._buf]
+            self._more_len = len(self._buf)
+            self._buf = b""
+            if self._mode == "text" and self._more_len > self.factory.max_line:
+                self._fatal(f"line too long (max_line is {self.factory.max_line} bytes)")
+
+    def _process_text(self) -> None:
+        buf = self._buf
+        pos = 0
+        limit = self.factory.max_line
+        while not self._done:
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                break
+            if end - pos > limit:
+                self._fatal(f"line too long (max_line is {limit} bytes)")
+                return
+            line = buf[pos:end]
+            pos = end + 1
+            if _HTTP.match(line.rstrip(b"\r")):
+                log.info("closed a connection that spoke HTTP")
+                self._fatal("this is a dhtwisted node, not an HTTP server")
+                return
+            command = _text_command(line)
+            if command is None:
+                continue
+            if isinstance(command, ErrorReply):
+                self._reply(command)
+            else:
+                self._run(command)
+        self._buf = buf[pos:]
+
+    def _process_resp(self) -> None:
+        factory = self.factory
+        try:
+            commands, used, need = parse_commands(
+                self._buf, factory.max_line, factory.max_line, split_args
+            )
+        except RespError as e:
+            self._fatal(str(e))
+            return
+        self._buf = self._buf[used:]
+        self._need = need
+        for args in commands:
+            if self._done:
+                return
+            self._run(args)
+        if self._buf and not self._need:
+            # an error stopped the parse after complete commands: report it now
+            try:
+                parse_commands(self._buf, factory.max_line, factory.max_line, split_args)
+            except RespError as e:
+                self._fatal(str(e))
+
+    def _run(self, args: list[bytes]) -> None:
+        reply = self.factory.commands.execute(args)
+        if self._mode == "text" and args[0].upper() == b"MGET":
+            # the text protocol answers MGET with one line per key, errors too
+            if isinstance(reply, Deferred):
+                reply.addCallback(_per_key, len(args) - 1)
+            else:
+                reply = _per_key(reply, len(args) - 1)
+        if isinstance(reply, HelloReply) and self._mode == "resp":
+            self._encode = encode_resp3 if reply.proto == 3 else encode_resp
+        if isinstance(reply, Deferred):
+            slot: list[Optional[bytes]] = [None]
+            self._replies.append(slot)
+            reply.addCallback(self._fill, slot)
+            reply.addErrback(self._failed, slot)
+            if len(self._replies) >= self.factory.max_pipeline and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+        else:
+            self._reply(reply)
+        if reply is QUIT:
+            self._done = True
+
+    def _reply(self, reply: Reply) -> None:
+        data = self._encode(reply)
+        if self._replies:
+            self._replies.append([data])
+        else:
+            self._out.append(data)
+
+    def _fill(self, reply: Reply, slot: list[Optional[bytes]]) -> None:
+        if self._lost:
+            return
+        slot[0] = self._encode(reply)
+        replies = self._replies
+        while replies and replies[0][0] is not None:
+            self._out.append(replies.popleft()[0])  # type: ignore[arg-type]
+        if not self._reading:
+            self._send()
+        if self._paused and len(replies) < self.factory.max_pipeline // 2 + 1:
+            self._paused = False
+            if not self._done:
+                self.transport.resumeProducing()
+
+    def _failed(self, failure: Failure, slot: list[Optional[bytes]]) -> None:
+        log.failure("reply failed", failure)
+        self._fill(ErrorReply("internal error, see the node's log"), slot)
+
+    def _fatal(self, message: str) -> None:
+        """
+        Reply with an error after what is already queued, then close.
+        """
+        self._reply(ErrorReply(message))
+        self._done = True
+        self._buf = b""
+
+    def _send(self) -> None:
+        if self._out:
+            self.transport.write(b"".join(self._out))
+            self._out = []
+        if self._done and not self._replies and not self._lost:
+            self.transport.loseConnection()
+
+
+def _per_key(reply: Reply, count: int) -> Reply:
+    if isinstance(reply, ErrorReply):
+        return [reply] * count
+    return reply
+
+
+class NodeFactory(Factory):
+    """
+    Makes a L{NodeProtocol} per connection, with the node's commands and
+    limits.
+
+    :param commands: runs client commands.
+    :param max_line: longest text command line, and longest RESP string.
+    :param max_clients: client connections served at once.
+    :param max_pipeline: commands of one client in progress at once.
+    :param peer_connected: takes over a connection that opened as a peer
+        link, with the bytes read so far.
+    """
+
+    protocol = NodeProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        commands: Commands,
+        max_line: int,
+        max_clients: int,
+        max_pipeline: int,
+        peer_connected: Optional[Callable[[NodeProtocol, bytes], None]] = None,
+    ) -> None:
+        self.commands = commands
+        self.max_line = max_line
+        self.max_clients = max_clients
+        self.max_pipeline = max_pipeline
+        # room for peers and for refusing clients politely
+        self.max_connections = max_clients + 1024
+        self._peer_connected = peer_connected
+        self.connections = 0
+        self.clients = 0
+
+    def buildProtocol(self, addr: object) -> NodeProtocol:
+        """
+        A protocol for a new connection.
+        """
+        return NodeProtocol(self)
+
+    def peer_connected(self, proto: NodeProtocol, data: bytes) -> None:
+        """
+        A connection opened as a peer link.
+        """
+        if self._peer_connected is None:
+            log.warn("refused a peer link: this node does not serve peers")
+            proto.transport.loseConnection()
+            return
+        self._peer_connected(proto, data)

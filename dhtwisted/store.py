@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The versioned in-memory key-value store of one node.
+
+Each key maps to its newest known record: a version and a value, or a
+tombstone (a versioned delete). L{Store.apply} never replaces a record with
+an older one, whatever order writes arrive in.
+
+Records are kept packed in one bytes object per key (version, kind byte,
+value) to keep the per-key memory cost low. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple, Optional
+
+from .version import NO_VERSION, version_millis
+
+__all__ = ["Record", "Store"]
+
+_VERSION_LEN = 12
+_LIVE = b"v"
+_TOMBSTONE = b"t"
+
+
+class Record(NamedTuple):
+    """
+    What a replica holds for a key.
+
+    :ivar version: the write's version; L{NO_VERSION} for a key never written.
+    :ivar value: the value, or C{None} for a tombstone.
+    """
+
+    version: bytes
+    value: Optional[bytes]
+
+
+#: The record of a key that is not there at all.
+MISSING = Record(NO_VERSION, None)
+
+
+def _pack(version: bytes, value: Optional[bytes]) -> bytes:
+    if len(version) != _VERSION_LEN:
+        raise ValueError(f"a version is {_VERSION_LEN} bytes, got {len(version)}")
+    if value is None:
+        return version + _TOMBSTONE
+    return version + _LIVE + value
+
+
+def _unpack(packed: bytes) -> Record:
+    if packed[_VERSION_LEN : _VERSION_LEN + 1] == _TOMBSTONE:
+        return Record(packed[:_VERSION_LEN], None)
+    return Record(packed[:_VERSION_LEN], packed[_VERSION_LEN + 1 :])
+
+
+class Store:
+    """
+    Keys to their newest records.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+        self._live = 0
+
+    def __len__(self) -> int:
+        """
+        The number of records held, tombstones included.
+        """
+        return len(self._data)
+
+    @property
+    def live_keys(self) -> int:
+        """
+        The number of keys that have a value (not a tombstone).
+        """
+        return self._live
+
+    def get(self, key: bytes) -> Record:
+        """
+        The record held for C{key}; L{MISSING} if none.
+        """
+        packed = self._data.get(key)
+        if packed is None:
+            return MISSING
+        return _unpack(packed)
+
+    def version_of(self, key: bytes) -> bytes:
+        """
+        The version held for C{key}; L{NO_VERSION} if none.
+        """
+        packed = self._data.get(key)
+        return NO_VERSION if packed is None else packed[:_VERSION_LEN]
+
+    def apply(self, key: bytes, version: bytes, value: Optional[bytes]) -> bool:
+        """
+        Keep C{value} (C{None}: a tombstone) at C{version} unless a record at
+        the same or a newer version is already held.
+
+        :return: whether the store changed.
+        """
+        old = self._data.get(key)
+        if old is not None:
+            if old[:_VERSION_LEN] >= version:
+                return False
+            if old[_VERSION_LEN : _VERSION_LEN + 1] == _LIVE:
+                self._live -= 1
+        self._data[key] = _pack(version, value)
+        if value is not None:
+            self._live += 1
+        return True
+
+    def items(self) -> Iterator[tuple[bytes, Record]]:
+        """
+        Every key with its record, tombstones included. Do not change the
+        store while iterating.
+        """
+        for key, packed in self._data.items():
+            yield key, _unpack(packed)
+
+    def keys(self) -> list[bytes]:
+        """
+        A snapshot of every key held, tombstones included.
+        """
+        return list(self._data)
+
+    def drop(self, key: bytes, version: bytes) -> bool:
+        """
+        Forget C{key} if the record held is still the one at C{version}
+        (for handing a key over to its owners, and collecting tombstones).
+
+        :return: whether the key was dropped.
+        """
+        packed = self._data.get(key)
+        if packed is None or packed[:_VERSION_LEN] != version:
+            return False
+        del self._data[key]
+        if packed[_VERSION_LEN : _VERSION_LEN + 1] == _LIVE:
+            self._live -= 1
+        return True
+
+    def collect_tombstones(self, now: float, ttl: float, limit: int = 10_000) -> int:
+        """
+        Forget up to C{limit} tombstones older than C{ttl} seconds at C{now}.
+
+        :return: how many were collected.
+        """
+        cutoff = int((now - ttl) * 1000)
+        old = []
+        for key, packed in self._data.items():
+            if (
+                packed[_VERSION_LEN : _VERSION_LEN + 1] == _TOMBSTONE
+                and version_millis(packed) < cutoff
+            ):
+                old.append(key)
+                if len(old) >= limit:
+                    break
+        for key in old:
+            del self._data[key]
+        return len(old)

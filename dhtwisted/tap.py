@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The C{dht} twistd plugin's options and service.
+
+C{twistd -n dht --config etc/node.ini [--id ID] [--listen HOST:PORT]
+[--advertise HOST:PORT] [--ring-id N] [--join HOST:PORT ...]}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from .config import ConfigError, NodeConfig, config_from_file, default_config, override
+
+__all__ = ["Options", "makeService"]
+
+_OVERRIDES = (
+    ("id", "node_id"),
+    ("listen", "listen"),
+    ("advertise", "advertise"),
+    ("ring-id", "ring_id"),
+)
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd dht}; they override the config file.
+    """
+
+    synopsis = "[--config FILE] [options]"
+    longdesc = (
+        "Run a dhtwisted node. Settings come from the ini file given with "
+        "--config (see etc/node.ini), or their defaults; the options below "
+        "override it."
+    )
+    optParameters = [
+        ["config", "c", None, "The node's ini file (default: built-in defaults)."],
+        ["id", None, None, "This node's id ([node] node_id)."],
+        ["listen", None, None, "host:port to serve clients and peers on ([node] listen)."],
+        ["advertise", None, None, "host:port peers dial to reach this node ([node] advertise)."],
+        ["ring-id", None, None, "This node's first ring position ([node] ring_id)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["join"] = []
+
+    def opt_join(self, address: str) -> None:
+        """
+        host:port of a member to join the cluster through ([cluster] seeds);
+        may be given several times.
+        """
+        self["join"].append(address)
+
+    def postOptions(self) -> None:
+        """
+        Load the config file, apply the overrides and check the result.
+
+        :raises usage.UsageError: naming the file, section and key, or the
+            option, that is wrong.
+        """
+        try:
+            config = config_from_file(self["config"]) if self["config"] else default_config()
+            changes = [(f"--{opt}", name, self[opt]) for opt, name in _OVERRIDES
+                       if self[opt] is not None]
+            if self["join"]:
+                changes.append(("--join", "seeds", ",".join(self["join"])))
+            self["node_config"] = override(config, changes)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
+    """
+    The node's service, from parsed options.
+
+    :param reactor: the reactor to run on; the global one if not given.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    from .node import DHTNode
+
+    config: NodeConfig = options["node_config"]
+    return DHTNode(config, reactor)
