@@ -64,7 +64,7 @@ class Address:
 
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+)[ \t]*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
@@ -75,7 +75,7 @@ def parse_address(text: str, allow_port_zero: bool = False) -> Address:
     :raises ValueError: with a message for a person.
     """
     text = text.strip()
-    m = re.match(r"^\[([^\]]+)\]:(\d+)$", text) or re.match(r"^([^:\s]+):(\d+)$", text)
+    m = re.match(r"^\[([^\]\s]+)\]:(\d+)$", text) or re.match(r"^([^:\s]+):(\d+)$", text)
     if m is None:
         raise ValueError(f"expected host:port, got {text!r}")
     port = int(m.group(2))
@@ -410,12 +410,22 @@ def override(config: NodeConfig, changes: Iterable[tuple[str, str, str]]) -> Nod
     :raises ConfigError: naming the option whose value is bad.
     """
     values: dict[str, object] = {}
+    options: dict[str, str] = {}
     for option, name, text in changes:
         setting = next(s for s in SCHEMA if s.name == name)
         try:
             values[name] = setting.convert(text)
         except ValueError as e:
             raise ConfigError(str(e), option) from None
+        options[name] = option
     if not values:
         return config
-    return config.replace(**values)
+    try:
+        return config.replace(**values)
+    except ConfigError as e:
+        # a rule across settings broken by an overridden value: name the
+        # option, not the file, which may not even set that key
+        for name, option in options.items():
+            if e.where.endswith(f"] {name}"):
+                raise ConfigError(e.message, option) from None
+        raise

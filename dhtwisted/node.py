@@ -58,7 +58,8 @@ class DHTNode(MultiService):
             self.participant, self.store, lambda: reactor.seconds() + config.txn_timeout
         )
         self.coordinator = Coordinator(
-            self.node_id, self.clock, reactor, self.replicas_for, self.replica
+            self.node_id, self.clock, reactor, self.replicas_for, self.replica,
+            rpc_timeout=config.rpc_timeout,
         )
         self.commands = Commands(self, config.max_key, config.max_value)
         self.factory = NodeFactory(
@@ -180,7 +181,7 @@ class DHTNode(MultiService):
                 ("txn_aborts", self.coordinator.stats["aborts"]),
                 ("txn_retries", self.coordinator.stats["retries"]),
             ]
-            + [(f"cmd_{name.lower()}", count) for name, count in sorted(self.commands.calls.items())],
+            + [(f"cmd_{name.lower()}", n) for name, n in sorted(self.commands.calls.items())],
         }
         if section not in (None, "all", "everything", "default"):
             sections = {k: v for k, v in sections.items() if k == section}

@@ -15,6 +15,7 @@ plain ASCII. Pure: no Twisted.
 
 from __future__ import annotations
 
+import codecs
 import re
 
 __all__ = ["QuotingError", "quote_value", "split_args", "unquote_reply"]
@@ -34,12 +35,10 @@ _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|.)", re.DOTALL)
 _SIMPLE_ESCAPES = {
     b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b",
 }
+_C_ESCAPES_ONLY = re.compile(
+    rb"[^\\]*(?:\\(?:x[0-9a-fA-F]{2}|[nrtab\"\\'])[^\\]*)*", re.DOTALL
+)
 _NEEDS_QUOTE = re.compile(rb"[^\x21-\x7e]|[\"'\\]")
-_TO_ESCAPE = re.compile(rb"[^\x20-\x7e]|[\"\\]")
-_ESCAPED = {
-    b"\n": b"\\n", b"\r": b"\\r", b"\t": b"\\t", b"\a": b"\\a", b"\b": b"\\b",
-    b'"': b'\\"', b"\\": b"\\\\",
-}
 _REPLY_LIKE = (b"ok", b"(nil)", b"pong")
 
 
@@ -53,6 +52,9 @@ def _unescape_one(m: re.Match[bytes]) -> bytes:
 def _unescape_double(body: bytes) -> bytes:
     if b"\\" not in body:
         return body
+    if _C_ESCAPES_ONLY.fullmatch(body):
+        # every escape means the same to Python's codec: decode in C
+        return codecs.escape_decode(body)[0]  # type: ignore[attr-defined,no-any-return]
     return _ESCAPE.sub(_unescape_one, body)
 
 
@@ -68,7 +70,8 @@ def split_args(line: bytes) -> list[bytes]:
         not followed by a space or the end of the line.
     """
     if b'"' not in line and b"'" not in line:
-        return line.split()
+        # not line.split(): that would also split on \v \f \r \n
+        return [arg for arg in line.replace(b"\t", b" ").split(b" ") if arg]
     args: list[bytes] = []
     pos = 0
     end = len(line)
@@ -93,11 +96,6 @@ def split_args(line: bytes) -> list[bytes]:
             assert m is not None
             args.append(m.group())
             pos = m.end()
-
-
-def _escape_one(m: re.Match[bytes]) -> bytes:
-    char = m.group()
-    return _ESCAPED.get(char) or b"\\x%02x" % char[0]
 
 
 def _is_plain(value: bytes) -> bool:
@@ -125,7 +123,10 @@ def quote_value(value: bytes) -> bytes:
     """
     if _is_plain(value):
         return value
-    return b'"' + _TO_ESCAPE.sub(_escape_one, value) + b'"'
+    # latin-1 maps each byte to one character, which unicode_escape writes
+    # as itself (printable ASCII) or \t \n \r \\ \xHH: all in C
+    escaped = value.decode("latin-1").encode("unicode_escape").replace(b'"', b'\\"')
+    return b'"' + escaped + b'"'
 
 
 def unquote_reply(line: bytes) -> bytes:

@@ -75,7 +75,8 @@ def _line_end(buf: bytes, pos: int, limit: int, what: str) -> int:
     is not complete yet.
     """
     end = buf.find(b"\r\n", pos, pos + limit + 2)
-    if end < 0 and len(buf) - pos > limit:
+    # a line of C{limit} bytes may have its \r but not yet its \n
+    if end < 0 and len(buf) - pos > limit + 1:
         raise RespError(f"Protocol error: too big {what}")
     return end
 

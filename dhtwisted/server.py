@@ -322,7 +322,7 @@ class NodeProtocol(Protocol):
 
     def _run(self, args: list[bytes]) -> None:
         reply = self.factory.commands.execute(args)
-        if self._mode == "text" and args[0].upper() == b"MGET":
+        if self._mode == "text" and len(args) > 1 and args[0].upper() == b"MGET":
             # the text protocol answers MGET with one line per key, errors too
             if isinstance(reply, Deferred):
                 reply.addCallback(_per_key, len(args) - 1)

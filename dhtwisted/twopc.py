@@ -214,6 +214,7 @@ class Coordinator:
     :param reactor: for timers.
     :param replicas_for: a key to the ids of its replicas, in preference order.
     :param replica: a node id to that node as an L{IReplica}.
+    :param rpc_timeout: seconds a replica has to answer each request.
     :param retries: how many times a write that met a lock conflict is tried again.
     """
 
@@ -224,6 +225,7 @@ class Coordinator:
         reactor: IReactorTime,
         replicas_for: Callable[[bytes], list[str]],
         replica: Callable[[str], IReplica],
+        rpc_timeout: float = 5.0,
         retries: int = 3,
         rng: Optional[random.Random] = None,
     ) -> None:
@@ -232,11 +234,15 @@ class Coordinator:
         self._reactor = reactor
         self._replicas_for = replicas_for
         self._replica = replica
+        self._timeout = rpc_timeout
         self._retries = retries
         self._rng = rng or random.Random()
         self._ids = itertools.count(1)
         self._generation = int(reactor.seconds() * 1000)
         self.stats = {"commits": 0, "aborts": 0, "retries": 0}
+
+    def _timed(self, d: Deferred) -> Deferred:
+        return d.addTimeout(self._timeout, self._reactor)
 
     def _new_txid(self) -> str:
         return f"{self._node_id}:{self._generation}:{next(self._ids)}"
@@ -264,10 +270,10 @@ class Coordinator:
             if all(vote.yes for vote, _ in votes.values()):
                 newest = max((vote.max_version for vote, _ in votes.values()), default=NO_VERSION)
                 version = self._clock.next_after(newest)
-                await self._finish(txid, plan, lambda r: r.commit(txid, version))
+                await self._decide(txid, plan, version)
                 self.stats["commits"] += 1
                 return self._existed(len(writes), votes)
-            await self._finish(txid, plan, lambda r: r.abort(txid))
+            await self._decide(txid, plan, None)
             self.stats["aborts"] += 1
             noes = [vote for vote, _ in votes.values() if not vote.yes]
             if attempt < self._retries and all(vote.conflict for vote in noes):
@@ -294,7 +300,8 @@ class Coordinator:
     ) -> dict[str, tuple[Vote, list[int]]]:
         participants = sorted(plan)
         calls = [
-            self._replica(node).prepare(txid, [writes[i] for i in indexes], participants)
+            self._timed(self._replica(node).prepare(txid, [writes[i] for i in indexes],
+                                                    participants))
             for node, indexes in plan.items()
         ]
         results = await DeferredList(calls, consumeErrors=True)
@@ -305,14 +312,20 @@ class Coordinator:
             votes[node] = (result, indexes)
         return votes
 
-    async def _finish(
-        self,
-        txid: str,
-        plan: dict[str, list[int]],
-        send: Callable[[IReplica], Deferred[bool]],
+    async def _decide(
+        self, txid: str, plan: dict[str, list[int]], version: Optional[bytes]
     ) -> None:
-        results = await DeferredList([send(self._replica(node)) for node in plan],
-                                     consumeErrors=True)
+        """
+        Tell every participant the decision: commit at C{version}, or abort
+        if it is C{None}; wait for their answers or their timeouts.
+        """
+        calls = []
+        for node in plan:
+            replica = self._replica(node)
+            calls.append(self._timed(
+                replica.abort(txid) if version is None else replica.commit(txid, version)
+            ))
+        results = await DeferredList(calls, consumeErrors=True)
         for node, (ok, result) in zip(plan, results):
             if not ok:
                 log.warn("replica {peer} did not take the decision on {txid}: {why}",
@@ -349,7 +362,7 @@ class Coordinator:
         errors = []
         for node in nodes:
             try:
-                return list(await self._replica(node).read(keys))
+                return list(await self._timed(self._replica(node).read(keys)))
             except Exception as e:
                 errors.append(f"{node}: {_describe(Failure(e))}")
         raise TransactionFailed("no replica answered the read (" + "; ".join(errors) + ")"

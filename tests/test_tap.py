@@ -1,0 +1,224 @@
+"""
+Tests for dhtwisted.tap and the C{dht} twistd plugin: options over the
+config file, usage errors, and the service listening on a memory reactor.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from twisted.application.service import IService, IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from dhtwisted.config import Address, default_config
+from dhtwisted.tap import Options, makeService
+
+INI = b"""\
+[node]
+node_id = alpha
+listen = 127.0.0.1:9123
+ring_id = 100
+
+[cluster]
+seeds = 10.0.0.2:7001
+
+[ring]
+replicas = 2
+"""
+
+
+class TempIniMixin:
+    """
+    A temporary ini file per test, removed afterwards.
+    """
+
+    def write_ini(self, data: bytes = INI) -> str:
+        folder = tempfile.mkdtemp(prefix="dhtwisted-test-")
+        self.addCleanup(shutil.rmtree, folder, True)  # type: ignore[attr-defined]
+        path = os.path.join(folder, "node.ini")
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+
+def parse(argv: list[str]) -> Options:
+    """
+    Options parsed from C{argv}.
+    """
+    options = Options()
+    options.parseOptions(argv)
+    return options
+
+
+class OptionsTests(TempIniMixin, SynchronousTestCase):
+    """
+    twistd dht's command line.
+    """
+
+    def assertUsageError(self, argv: list[str], start: str) -> str:
+        """
+        Parsing C{argv} fails with one line that starts with C{start}.
+        """
+        error = self.assertRaises(usage.UsageError, parse, argv)
+        message = str(error)
+        self.assertNotIn("\n", message)
+        self.assertTrue(message.startswith(start), f"{argv} gave {message!r}")
+        return message
+
+    def test_config_file(self) -> None:
+        """--config reads the file; keys it leaves out keep their defaults."""
+        path = self.write_ini()
+        options = parse(["--config", path])
+        config = options["node_config"]
+        self.assertEqual(options["config"], path)
+        self.assertEqual(config.source, path)
+        self.assertEqual(config.node_id, "alpha")
+        self.assertEqual(config.listen, Address("127.0.0.1", 9123))
+        self.assertEqual(config.ring_id, 100)
+        self.assertEqual(config.seeds, (Address("10.0.0.2", 7001),))
+        self.assertEqual(config.replicas, 2)
+        self.assertIsNone(config.advertise)
+        self.assertEqual(config.rpc_timeout, default_config().rpc_timeout)
+
+    def test_short_config(self) -> None:
+        """-c is --config."""
+        path = self.write_ini()
+        self.assertEqual(parse(["-c", path])["node_config"].node_id, "alpha")
+
+    def test_no_config(self) -> None:
+        """Without --config the node runs on the built-in defaults."""
+        self.assertEqual(parse([])["node_config"], default_config())
+
+    def test_overrides(self) -> None:
+        """--id, --listen, --ring-id, --advertise and --join win over the file."""
+        path = self.write_ini()
+        options = parse([
+            "--config", path,
+            "--id", "beta",
+            "--listen", "127.0.0.1:9200",
+            "--ring-id", "4242",
+            "--advertise", "10.0.0.9:9200",
+            "--join", "10.0.0.3:7002",
+            "--join", "[::1]:7003",
+        ])
+        config = options["node_config"]
+        self.assertEqual(config.node_id, "beta")
+        self.assertEqual(config.listen, Address("127.0.0.1", 9200))
+        self.assertEqual(config.ring_id, 4242)
+        self.assertEqual(config.advertise, Address("10.0.0.9", 9200))
+        self.assertEqual(config.peer_address, Address("10.0.0.9", 9200))
+        self.assertEqual(config.seeds, (Address("10.0.0.3", 7002), Address("::1", 7003)))
+        self.assertEqual(options["join"], ["10.0.0.3:7002", "[::1]:7003"])
+        self.assertEqual(config.replicas, 2)
+        self.assertEqual(config.source, path)
+
+    def test_equals_sign_form(self) -> None:
+        """Options also take --name=value."""
+        config = parse(["--listen=[::1]:9300", "--ring-id=5"])["node_config"]
+        self.assertEqual((config.listen, config.ring_id), (Address("::1", 9300), 5))
+
+    def test_bad_override_names_option(self) -> None:
+        """A bad value on the command line is reported under its option."""
+        path = self.write_ini()
+        cases = [
+            (["--ring-id", "abc"], "--ring-id: "),
+            (["--ring-id", "-1"], "--ring-id: "),
+            (["--ring-id", "70000"], "--ring-id: "),
+            (["--listen", "nope"], "--listen: "),
+            (["--listen", "127.0.0.1:65536"], "--listen: "),
+            (["--advertise", "10.0.0.1:0"], "--advertise: "),
+            (["--id", "a b"], "--id: "),
+            (["--join", "10.0.0.2:7001", "--join", "nohost"], "--join: "),
+        ]
+        for argv, start in cases:
+            self.assertUsageError(["--config", path, *argv], start)
+
+    def test_bad_key_in_file(self) -> None:
+        """A bad value in the file is reported with the file, section and key."""
+        path = self.write_ini(INI.replace(b"replicas = 2", b"replicas = 0"))
+        message = self.assertUsageError(["--config", path], f"{path}: [ring] replicas: ")
+        self.assertIn("at least 1", message)
+
+    def test_unknown_key_in_file(self) -> None:
+        """An unknown key in the file is reported with the file, section and key."""
+        path = self.write_ini(INI + b"[limits]\nmax_keys = 10\n")
+        self.assertUsageError(["--config", path], f"{path}: [limits] max_keys: ")
+
+    def test_missing_file(self) -> None:
+        """A --config file that does not exist is named."""
+        path = os.path.join(os.path.dirname(self.write_ini()), "missing.ini")
+        self.assertUsageError(["--config", path], f"{path}: cannot read")
+
+    def test_broken_file(self) -> None:
+        """A --config file that is not ini syntax is named."""
+        path = self.write_ini(b"listen = 127.0.0.1:9000\n")
+        self.assertUsageError(["--config", path], f"{path}: not a valid ini file")
+
+
+class ServiceTests(TempIniMixin, SynchronousTestCase):
+    """
+    The service that makeService builds, on a memory reactor.
+    """
+
+    def make(self, *argv: str) -> tuple[IService, MemoryReactorClock]:
+        """
+        A service for C{--config INI argv} and the reactor it runs on.
+        """
+        reactor = MemoryReactorClock()
+        options = parse(["--config", self.write_ini(), *argv])
+        return makeService(options, reactor=reactor), reactor
+
+    def test_listens(self) -> None:
+        """Starting the service as twistd does listens once, on the configured address."""
+        service, reactor = self.make()
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service.privilegedStartService()
+        service.startService()
+        self.assertTrue(service.running)
+        self.assertEqual(len(reactor.tcpServers), 1)
+        port, _, _, interface = reactor.tcpServers[0]
+        self.assertEqual((port, interface), (9123, "127.0.0.1"))
+        self.assertIn("dht node alpha listening on 127.0.0.1:9123",
+                      [formatEvent(e) for e in events])
+        self.assertIsNone(self.successResultOf(service.stopService()))
+        self.assertFalse(service.running)
+
+    def test_listen_override(self) -> None:
+        """--listen decides where the service listens."""
+        service, reactor = self.make("--listen", "[::1]:9124")
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual([(p, i) for p, _, _, i in reactor.tcpServers], [(9124, "::1")])
+        self.successResultOf(service.stopService())
+
+    def test_start_without_privileged(self) -> None:
+        """startService alone also listens, once."""
+        service, reactor = self.make()
+        service.startService()
+        self.assertEqual([(p, i) for p, _, _, i in reactor.tcpServers], [(9123, "127.0.0.1")])
+        self.successResultOf(service.stopService())
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    twistd finds the dht plugin.
+    """
+
+    def test_discoverable(self) -> None:
+        """A plugin with tapname 'dht' is found and builds from dhtwisted.tap."""
+        import twisted.plugins
+
+        makers = [p for p in getPlugins(IServiceMaker, twisted.plugins) if p.tapname == "dht"]
+        self.assertEqual(len(makers), 1)
+        maker = makers[0]
+        self.assertTrue(maker.description)
+        self.assertIs(maker.options, Options)
+        self.assertIs(maker.makeService, makeService)
