@@ -30,7 +30,7 @@ run: $(VENV)/.installed
 	$(BIN)/twistd -n dht --config $(CONFIG)
 
 test: $(VENV)/.installed
-	$(PY) -b -m pytest -p no:cacheprovider tests
+	$(PY) -b -m pytest -p no:cacheprovider -rs tests
 
 trial: $(VENV)/.installed
 	$(PY) -b -m twisted.trial --random=0 tests
