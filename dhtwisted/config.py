@@ -211,6 +211,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("ring", "replicas", _parse_int, "3",
             "copies of each key (N), on the first N distinct live nodes clockwise",
             low=1, high=16),
+    Setting("ring", "read_quorum", _parse_int, "1",
+            "replicas a read asks at once; a missing answer also asks the next replica",
+            low=1, high=16),
     Setting("ring", "vnodes", _parse_int, "1",
             "tokens per node, ring_id being the first; more tokens even out the load",
             low=1, high=256),
@@ -268,6 +271,7 @@ class NodeConfig:
     remove_after: float
     ring_size: int
     replicas: int
+    read_quorum: int
     vnodes: int
     stabilize_interval: float
     rpc_timeout: float
@@ -303,6 +307,8 @@ class NodeConfig:
         if self.ring_id >= self.ring_size:
             fail("node", "ring_id",
                  f"must be below ring_size ({self.ring_size}), got {self.ring_id}")
+        if self.read_quorum > self.replicas:
+            fail("ring", "read_quorum", f"must be at most replicas ({self.replicas})")
         if self.fail_after <= self.heartbeat_interval:
             fail("cluster", "fail_after",
                  f"must be longer than heartbeat_interval ({self.heartbeat_interval})")

@@ -20,10 +20,11 @@ class IReplica(Interface):
         transaction C{txid}; fire with a L{dhtwisted.twopc.Vote}.
         """
 
-    def commit(txid: str, version: bytes) -> object:  # type: ignore[misc]
+    def commit(txid: str, version: bytes, writes: object = None) -> object:  # type: ignore[misc]
         """
-        Apply the writes staged for C{txid} at C{version} and release their
-        locks; fire when done.
+        Apply the writes staged for C{txid} (or C{writes}, when given) at
+        C{version} and release their locks; fire with whether it is now
+        committed there.
         """
 
     def abort(txid: str) -> object:  # type: ignore[misc]

@@ -1,38 +1,66 @@
-# -*- test-case-name: tests.test_node -*-
+# -*- test-case-name: tests.test_cluster -*-
 """
 A dhtwisted node: builds its parts from a L{NodeConfig} and an injected
-reactor, and serves clients on its one port.
+reactor, serves clients and peers on its one port, and runs the cluster's
+background work.
 
-Until the cluster arrives, the ring holds this node alone, so every command
-takes the same path it will take in a cluster: the coordinator runs two-phase
-commit over the key's replicas, here only this node.
+Background work, each a LoopingCall on the node's clock:
+ - heartbeat: increase this node's heartbeat, age the member table,
+   resolve transactions prepared here that heard no decision in time;
+ - gossip: exchange the member table with C{gossip_fanout} random peers;
+ - stabilization: push the records this node holds to the nodes that should
+   hold them, and drop those it no longer owns once the owners have them.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ClientEndpoint,
+    TCP6ServerEndpoint,
+)
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import __version__
 from .commands import Commands
-from .config import Address, NodeConfig
+from .config import Address, NodeConfig, parse_address
 from .interfaces import IReplica
+from .membership import LEFT, Member, Membership, Refused
+from .peer import PeerFactory, PeerPool, PeerProtocol, PeerUnavailable
+from .replica import RemoteReplica
 from .ring import Ring, node_tokens
-from .server import NodeFactory
-from .store import Store
-from .twopc import Coordinator, LocalReplica, Participant
-from .version import HybridClock, node_tag
+from .server import NodeFactory, NodeProtocol
+from .store import Record, Store
+from .twopc import ABORTED, COMMITTED, PREPARED, UNKNOWN, Coordinator, LocalReplica, Participant
+from .version import NO_VERSION, HybridClock, node_tag
+from .wire import Envelope, TxnStatus, member_from_pb, member_to_pb, record_from_pb, record_to_pb
 
 __all__ = ["DHTNode"]
 
 log = Logger()
+
+_STATE_TO_PB = {UNKNOWN: TxnStatus.UNKNOWN, PREPARED: TxnStatus.PREPARED,
+                COMMITTED: TxnStatus.COMMITTED, ABORTED: TxnStatus.ABORTED}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+#: Records per push message, and per slice of a stabilization pass.
+PUSH_BATCH = 500
+#: Every this many stabilization rounds, a full pass runs even if nothing changed.
+FULL_PASS_EVERY = 12
+
+Connect = Callable[[str, PeerFactory], Deferred[PeerProtocol]]
 
 
 class DHTNode(MultiService):
@@ -40,26 +68,39 @@ class DHTNode(MultiService):
     One node of the cluster.
 
     :param config: its settings.
-    :param reactor: the reactor it listens and keeps time with.
+    :param reactor: the reactor it listens, dials and keeps time with.
+    :param connect: dials a peer's C{host:port} with a factory (the default
+        uses TCP); tests pass a fake network's.
+    :param rng: randomness for gossip targets and retries.
     """
 
-    def __init__(self, config: NodeConfig, reactor: Any) -> None:
+    def __init__(self, config: NodeConfig, reactor: Any, connect: Optional[Connect] = None,
+                 rng: Optional[random.Random] = None) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.node_id = config.node_id
-        self.started_at = reactor.seconds()
+        self.rng = rng or random.Random()
+        now = reactor.seconds()
+        self.started_at = now
         self.store = Store()
         self.clock = HybridClock(reactor.seconds, node_tag(config.node_id))
-        self.participant = Participant(self.store, self.clock)
+        keep = 4 * config.txn_timeout + config.remove_after
+        self.participant = Participant(self.store, self.clock, reactor.seconds, keep)
         self.tokens = node_tokens(config.node_id, config.ring_id, config.vnodes, config.ring_size)
-        self.ring = Ring({self.node_id: self.tokens}, config.ring_size)
+        self.membership = Membership(
+            Member(config.node_id, str(config.peer_address), tuple(self.tokens),
+                   generation=int(now * 1000)),
+            now, config.fail_after, config.remove_after,
+        )
+        self._ring: Optional[Ring] = None
+        self._ring_version = -1
         self._local = LocalReplica(
-            self.participant, self.store, lambda: reactor.seconds() + config.txn_timeout
+            self.node_id, self.participant, self.store, self._prepare_deadline
         )
         self.coordinator = Coordinator(
             self.node_id, self.clock, reactor, self.replicas_for, self.replica,
-            rpc_timeout=config.rpc_timeout,
+            rpc_timeout=config.rpc_timeout, rng=self.rng, is_live=self._is_live, keep=keep,
         )
         self.commands = Commands(self, config.max_key, config.max_value)
         self.factory = NodeFactory(
@@ -67,7 +108,23 @@ class DHTNode(MultiService):
             max_line=config.max_line,
             max_clients=config.max_clients,
             max_pipeline=config.max_pipeline,
+            peer_connected=self._peer_connected,
         )
+        self.peer_factory = PeerFactory(self, reactor, config.rpc_timeout, config.max_frame)
+        self.pool = PeerPool(self.peer_factory, connect or self._tcp_connect, reactor,
+                             backoff=min(0.5, config.gossip_interval),
+                             max_backoff=config.gossip_interval)
+        self._loops: list[tuple[LoopingCall, float]] = []
+        for work, interval in [(self._heartbeat, config.heartbeat_interval),
+                               (self._gossip, config.gossip_interval),
+                               (self._stabilize, config.stabilize_interval)]:
+            loop = LoopingCall(work)
+            loop.clock = reactor
+            self._loops.append((loop, interval))
+        self._resolving: set[str] = set()
+        self._rounds = 0
+        self._stable_version = -1
+        self.stats = {"gossip_rounds": 0, "pushed": 0, "handed_off": 0, "resolved": 0}
         self.port: Optional[IListeningPort] = None
         self.address: Optional[Address] = None
 
@@ -89,13 +146,14 @@ class DHTNode(MultiService):
         if not IListeningPort.providedBy(result):
             result.raiseException()
         self.port = result
-        host = result.getHost()
-        self.address = Address(listen.host, host.port)
+        self.address = Address(listen.host, result.getHost().port)
+        if self.config.advertise is None:
+            self.membership.update_me(address=str(self.address))
         super().privilegedStartService()
 
     def startService(self) -> None:
         """
-        Start serving.
+        Start serving, join the cluster and start the background work.
         """
         if self.port is None:
             self.privilegedStartService()
@@ -105,18 +163,37 @@ class DHTNode(MultiService):
             node_id=self.node_id,
             address=str(self.address),
         )
+        for loop, interval in self._loops:
+            loop.start(interval, now=True).addErrback(
+                lambda f: log.failure("background work stopped", f)
+            )
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop listening and stop the parts.
+        Stop the background work, close peer links, stop listening.
         """
+        for loop, _ in self._loops:
+            if loop.running:
+                loop.stop()
+        self.coordinator.stop()
+        self.pool.close()
         port, self.port = self.port, None
         d = maybeDeferred(super().stopService)
         if port is not None:
             d.addCallback(lambda _: port.stopListening())
         return d
 
-    # -- the cluster as the commands see it
+    # -- the ring
+
+    @property
+    def ring(self) -> Ring:
+        """
+        The ring of the live members, rebuilt when membership changes.
+        """
+        if self._ring is None or self._ring_version != self.membership.version:
+            self._ring_version = self.membership.version
+            self._ring = Ring(self.membership.ring_tokens(), self.config.ring_size)
+        return self._ring
 
     def replicas_for(self, key: bytes) -> list[str]:
         """
@@ -124,19 +201,35 @@ class DHTNode(MultiService):
         """
         return self.ring.preference_list(key, self.config.replicas)
 
+    def _is_live(self, node_id: str) -> bool:
+        member = self.membership.get(node_id)
+        return member is not None and member.live
+
     def replica(self, node_id: str) -> IReplica:
         """
         The node C{node_id} as a replica.
         """
         if node_id == self.node_id:
             return self._local
-        raise KeyError(f"unknown node {node_id}")
+        return RemoteReplica(self.node_id, lambda: self._link(node_id))
+
+    def _link(self, node_id: str) -> Deferred[PeerProtocol]:
+        member = self.membership.get(node_id)
+        if member is None:
+            return fail(PeerUnavailable(f"unknown node {node_id}"))
+        return self.pool.get(node_id, member.address)
+
+    def _prepare_deadline(self) -> float:
+        # resolution starts early enough to end within txn_timeout
+        return self.reactor.seconds() + self.config.txn_timeout - self.config.rpc_timeout
+
+    # -- commands
 
     def read(self, keys: Sequence[bytes]) -> Deferred[list[Optional[bytes]]]:
         """
         See L{dhtwisted.commands.NodeAPI.read}.
         """
-        return self.coordinator.read(keys)
+        return self.coordinator.read(keys, self.config.read_quorum)
 
     def write(self, writes: Sequence[tuple[bytes, Optional[bytes]]]) -> Deferred[list[bool]]:
         """
@@ -144,11 +237,325 @@ class DHTNode(MultiService):
         """
         return self.coordinator.write(writes)
 
+    # -- peers (PeerHandler)
+
+    def me(self) -> Member:
+        """
+        This node's member entry.
+        """
+        return self.membership.me
+
+    def _tcp_connect(self, address: str, factory: PeerFactory) -> Deferred[PeerProtocol]:
+        where = parse_address(address)
+        endpoint_type = TCP6ClientEndpoint if ":" in where.host else TCP4ClientEndpoint
+        endpoint = endpoint_type(self.reactor, where.host, where.port,
+                                 timeout=max(1, int(self.config.rpc_timeout)))
+        return endpoint.connect(factory)
+
+    def _peer_connected(self, proto: NodeProtocol, data: bytes) -> Protocol:
+        link = self.peer_factory.accepted()
+        link.makeConnection(proto.transport)
+        link.dataReceived(data)
+        return link
+
+    def hello(self, link: PeerProtocol, member: Member) -> list[Member]:
+        """
+        A peer introduced itself: refuse it if it claims another member's id
+        or ring position, else learn of it and welcome it.
+        """
+        if member.node_id == self.node_id and member.generation != self.me().generation:
+            raise Refused(f"node id {member.node_id} is this node's id, at {self.me().address}")
+        self.membership.check_join(member)
+        self._merge([member])
+        self.pool.register(link)
+        return self.membership.members()
+
+    def welcome(self, link: PeerProtocol, member: Member, members: list[Member]) -> None:
+        """
+        A peer this node dialled welcomed it.
+        """
+        if member.node_id == self.node_id:
+            link.transport.loseConnection()  # dialled itself (it is its own seed)
+            return
+        self._merge([member] + members)
+        self.pool.register(link)
+
+    def link_lost(self, link: PeerProtocol) -> None:
+        """
+        A peer link closed.
+        """
+        self.pool.lost(link)
+
+    def handle(self, link: PeerProtocol, request: Envelope) -> Envelope:
+        """
+        Answer a peer's request.
+        """
+        kind = request.WhichOneof("body")
+        reply = Envelope()
+        if kind == "gossip":
+            self._merge([member_from_pb(m) for m in request.gossip.members])
+            for m in self.membership.members():
+                member_to_pb(m, reply.gossip.members.add())
+        elif kind == "get":
+            records = reply.get_reply.records
+            for key in request.get.keys:
+                record_to_pb(key, self.store.get(key), records.add())
+        elif kind == "prepare":
+            p = request.prepare
+            vote = self.participant.prepare(
+                p.txid, _writes(p.writes), list(p.participants), self._prepare_deadline(),
+                p.coordinator,
+            )
+            v = reply.vote
+            v.txid = p.txid
+            v.yes = vote.yes
+            v.reason = vote.reason
+            v.conflict = vote.conflict
+            v.max_version = vote.max_version
+            v.existed.extend(vote.existed)
+        elif kind == "commit":
+            c = request.commit
+            done = self.participant.commit(c.txid, c.version,
+                                           _writes(c.writes) if c.writes else None)
+            reply.txn_status.txid = c.txid
+            reply.txn_status.state = TxnStatus.COMMITTED if done else TxnStatus.UNKNOWN
+        elif kind == "abort":
+            self.participant.abort(request.abort.txid)
+            reply.ack.SetInParent()
+        elif kind == "txn_query":
+            txid = request.txn_query.txid
+            if txid.startswith(self.node_id + ":"):
+                state, version = self.coordinator.query(txid)
+            else:
+                state, version = self.participant.status(txid)
+            reply.txn_status.txid = txid
+            reply.txn_status.state = _STATE_TO_PB[state]
+            reply.txn_status.version = version
+        elif kind == "push":
+            stored = reply.push_ack.stored
+            for r in request.push.records:
+                record = record_from_pb(r)
+                if len(record.version) != 12:
+                    continue
+                self.clock.observe(record.version)
+                self.store.apply(r.key, record.version, record.value)
+                if self.store.version_of(r.key) >= record.version:
+                    stored.append(r.key)
+        elif kind == "ping":
+            reply.pong.SetInParent()
+        else:
+            reply.error.reason = f"unknown request {kind}"
+        return reply
+
+    def _merge(self, members: list[Member]) -> None:
+        changes = self.membership.merge(members, self.reactor.seconds())
+        self._log_changes(changes)
+
+    def _log_changes(self, changes: list[tuple[str, str, str]]) -> None:
+        for node_id, old, new in changes:
+            if not old:
+                member = self.membership.get(node_id)
+                log.info("member {peer} joined at {address}", peer=node_id,
+                         address=member.address if member else "?")
+            elif not new:
+                log.info("member {peer} forgotten (was {old})", peer=node_id, old=old)
+            else:
+                log.info("member {peer} is {new} (was {old})", peer=node_id, new=new, old=old)
+
+    # -- background work
+
+    def _heartbeat(self) -> None:
+        now = self.reactor.seconds()
+        try:
+            self.membership.beat(now)
+            self._log_changes(self.membership.check(now))
+            for txid, coordinator, participants in self.participant.overdue(now):
+                if txid not in self._resolving:
+                    self._resolving.add(txid)
+                    Deferred.fromCoroutine(
+                        self._resolve(txid, coordinator, participants)
+                    ).addErrback(lambda f: log.failure("resolving a transaction failed", f))
+            self.coordinator.prune()
+        except Exception:
+            log.failure("heartbeat failed")
+
+    async def _resolve(self, txid: str, coordinator: str, participants: list[str]) -> None:
+        """
+        Decide a transaction prepared here whose decision never came: commit
+        if the coordinator or any participant says it committed, otherwise
+        abort (the coordinator cannot have answered ok: that needs every
+        participant to have committed).
+        """
+        try:
+            others = sorted({coordinator, *participants} - {self.node_id})
+            asks = [self._ask(node, txid) for node in others]
+            if coordinator == self.node_id:
+                state, version = self.coordinator.query(txid)
+                answers = [(state, version)]
+            else:
+                answers = []
+            for ok, result in await DeferredList(asks, consumeErrors=True):
+                if ok:
+                    answers.append(result)
+            committed = [version for state, version in answers if state == COMMITTED]
+            if committed:
+                self.participant.commit(txid, committed[0])
+                outcome = "commit"
+            else:
+                self.participant.abort(txid)
+                outcome = "abort"
+            self.stats["resolved"] += 1
+            log.info("resolved transaction {txid} without its coordinator: {outcome}",
+                     txid=txid, outcome=outcome)
+        finally:
+            self._resolving.discard(txid)
+
+    def _ask(self, node_id: str, txid: str) -> Deferred[tuple[str, bytes]]:
+        env = Envelope()
+        env.txn_query.txid = txid
+
+        def status(reply: Envelope) -> tuple[str, bytes]:
+            s = reply.txn_status
+            return (_STATE_FROM_PB.get(s.state, UNKNOWN), s.version)
+
+        return (
+            self._link(node_id)
+            .addCallback(lambda link: link.call(env))
+            .addCallback(status)
+        )
+
+    def _gossip(self) -> Deferred[Any]:
+        """
+        One gossip round: send the member table to a few random live peers
+        (and one member thought dead, to notice its return), or to the seeds
+        while no peer is known; merge what they answer.
+        """
+        self.stats["gossip_rounds"] += 1
+        try:
+            peers = self.membership.peers()
+            targets: list[tuple[Optional[str], str]] = [
+                (m.node_id, m.address)
+                for m in self.rng.sample(peers, min(self.config.gossip_fanout, len(peers)))
+            ]
+            gone = [m for m in self.membership.members()
+                    if not m.live and m.status != LEFT and m.node_id != self.node_id]
+            if gone:
+                m = self.rng.choice(gone)
+                targets.append((m.node_id, m.address))
+            if not peers:
+                mine = str(self.address or self.config.listen)
+                targets += [(None, str(seed)) for seed in self.config.seeds if str(seed) != mine]
+            env = Envelope()
+            for m in self.membership.members():
+                member_to_pb(m, env.gossip.members.add())
+            payload = env.SerializeToString()
+            calls = [self._gossip_with(node_id, address, payload)
+                     for node_id, address in targets]
+        except Exception:
+            log.failure("gossip round failed")
+            return succeed(None)
+        return DeferredList(calls, consumeErrors=True)
+
+    def _gossip_with(self, node_id: Optional[str], address: str, payload: bytes
+                     ) -> Deferred[None]:
+        def send(link: PeerProtocol) -> Deferred[Envelope]:
+            return link.call(Envelope.FromString(payload))
+
+        def merge(reply: Envelope) -> None:
+            if reply.WhichOneof("body") == "gossip":
+                self._merge([member_from_pb(m) for m in reply.gossip.members])
+
+        def failed(f: Failure) -> None:
+            log.debug("gossip with {address} failed: {why}", address=address,
+                      why=f.getErrorMessage())
+
+        return self.pool.get(node_id, address).addCallback(send).addCallbacks(merge, failed)
+
+    def _stabilize(self) -> Deferred[Any]:
+        """
+        One stabilization round (push-based): when the ring changed since
+        the last complete pass, when this node holds keys it does not own,
+        or every L{FULL_PASS_EVERY} rounds, push every record to the other
+        owners of its key, in slices, and drop records this node does not
+        own once all their owners have them.
+        """
+        self._rounds += 1
+        version = self.membership.version
+        if (version == self._stable_version and not self._holds_foreign
+                and self._rounds % FULL_PASS_EVERY):
+            return succeed(None)
+        return Deferred.fromCoroutine(self._stabilize_pass(version)).addErrback(
+            lambda f: log.failure("stabilization failed", f)
+        )
+
+    _holds_foreign = False
+
+    async def _stabilize_pass(self, version: int) -> None:
+        keys = self.store.keys()
+        complete = True
+        foreign = False
+        ttl = self.config.tombstone_ttl
+        self.store.collect_tombstones(self.reactor.seconds(), ttl)
+        for start in range(0, len(keys), PUSH_BATCH):
+            batch = keys[start : start + PUSH_BATCH]
+            plans: dict[str, list[tuple[bytes, Record]]] = {}
+            owners_of: dict[bytes, list[str]] = {}
+            for key in batch:
+                record = self.store.get(key)
+                if record.version == NO_VERSION:
+                    continue
+                owners = self.replicas_for(key)
+                owners_of[key] = owners
+                for owner in owners:
+                    if owner != self.node_id:
+                        plans.setdefault(owner, []).append((key, record))
+            acked: dict[str, set[bytes]] = {}
+            results = await DeferredList(
+                [self._push(owner, records) for owner, records in plans.items()],
+                consumeErrors=True,
+            )
+            for owner, (ok, stored) in zip(plans, results):
+                if ok:
+                    acked[owner] = stored
+                else:
+                    complete = False
+            for key, owners in owners_of.items():
+                if self.node_id in owners:
+                    continue
+                foreign = True
+                if all(key in acked.get(o, ()) for o in owners):
+                    record_version = self.store.version_of(key)
+                    if self.store.drop(key, record_version):
+                        self.stats["handed_off"] += 1
+            # let the reactor serve clients between slices
+            await deferLater(self.reactor, 0)
+        if complete:
+            self._stable_version = version
+        self._holds_foreign = foreign and not complete
+
+    def _push(self, owner: str, records: list[tuple[bytes, Record]]) -> Deferred[set[bytes]]:
+        env = Envelope()
+        for key, record in records:
+            record_to_pb(key, record, env.push.records.add())
+
+        def stored(reply: Envelope) -> set[bytes]:
+            self.stats["pushed"] += len(records)
+            return set(reply.push_ack.stored)
+
+        return (
+            self._link(owner)
+            .addCallback(lambda link: link.call(env))
+            .addCallback(stored)
+        )
+
+    # -- INFO and MEMBERS
+
     def info(self, section: Optional[str]) -> list[str]:
         """
         The C{INFO} reply: sections of C{name:value} lines, as Redis has.
         """
         now = self.reactor.seconds()
+        members = self.membership.members()
         sections = {
             "server": [
                 ("dhtwisted_version", __version__),
@@ -161,18 +568,25 @@ class DHTNode(MultiService):
             "clients": [
                 ("connected_clients", self.factory.clients),
                 ("maxclients", self.config.max_clients),
+                ("peer_links", len(self.pool.links)),
             ],
             "keyspace": [
                 ("keys", self.store.live_keys),
                 ("records", len(self.store)),
                 ("tombstones", len(self.store) - self.store.live_keys),
                 ("locked_keys", self.participant.locked_keys),
+                ("txn_in_doubt", self.participant.in_doubt),
             ],
             "cluster": [
-                ("members", len(self.ring)),
+                ("members", len(members)),
+                ("live_members", sum(m.live for m in members)),
                 ("replicas", self.config.replicas),
+                ("read_quorum", self.config.read_quorum),
                 ("ring_size", self.config.ring_size),
                 ("tokens", ",".join(map(str, self.tokens))),
+                ("gossip_rounds", self.stats["gossip_rounds"]),
+                ("stabilization_pushed", self.stats["pushed"]),
+                ("stabilization_handed_off", self.stats["handed_off"]),
             ],
             "stats": [
                 ("total_commands_processed", sum(self.commands.calls.values())),
@@ -180,6 +594,8 @@ class DHTNode(MultiService):
                 ("txn_commits", self.coordinator.stats["commits"]),
                 ("txn_aborts", self.coordinator.stats["aborts"]),
                 ("txn_retries", self.coordinator.stats["retries"]),
+                ("txn_unconfirmed", self.coordinator.stats["unconfirmed"]),
+                ("txn_resolved", self.stats["resolved"]),
             ]
             + [(f"cmd_{name.lower()}", n) for name, n in sorted(self.commands.calls.items())],
         }
@@ -197,6 +613,15 @@ class DHTNode(MultiService):
         """
         The C{MEMBERS} reply: one line per member as this node sees it.
         """
-        address = str(self.address or self.config.listen)
-        tokens = ",".join(map(str, self.tokens))
-        return [f"{self.node_id} {address} ring_ids={tokens} status=alive heartbeat_age=0.0"]
+        now = self.reactor.seconds()
+        lines = []
+        for m in self.membership.members():
+            age = now - self.membership.heard(m.node_id)
+            tokens = ",".join(map(str, m.tokens))
+            lines.append(f"{m.node_id} {m.address} ring_ids={tokens} status={m.status} "
+                         f"heartbeat_age={age:.1f}")
+        return lines
+
+
+def _writes(pb_writes: Any) -> list[tuple[bytes, Optional[bytes]]]:
+    return [(w.key, None if w.delete else w.value) for w in pb_writes]

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from .commands import QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
 from .quoting import QuotingError, quote_value, split_args
+from .wire import MAGIC
 from .resp import (
     RespError,
     encode_array,
@@ -42,7 +43,7 @@ log = Logger()
 
 #: The first bytes of a peer link; a protocol version follows. No text or
 #: RESP client starts with a NUL byte.
-PEER_MAGIC = b"\x00DHT"
+PEER_MAGIC = MAGIC
 
 _HTTP = re.compile(rb"^(GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT) \S+ HTTP/\d\.\d$")
 _TEXT_EOL = b"\r\n"
@@ -164,6 +165,7 @@ class NodeProtocol(Protocol):
         self._done = False  # no more commands: QUIT, fatal error or closed
         self._counted = False
         self._lost = False
+        self._peer: Optional[Protocol] = None
 
     def connectionMade(self) -> None:
         """
@@ -183,6 +185,8 @@ class NodeProtocol(Protocol):
         """
         Forget the connection; commands in progress finish without it.
         """
+        if self._peer is not None:
+            self._peer.connectionLost(reason)
         self._done = True
         self._lost = True
         self._replies.clear()
@@ -195,6 +199,9 @@ class NodeProtocol(Protocol):
         Parse and run every complete command in C{data}, then send what
         replies are ready in one write.
         """
+        if self._peer is not None:
+            self._peer.dataReceived(data)
+            return
         if self._done:
             return
         if self._mode is None:
@@ -244,7 +251,7 @@ class NodeProtocol(Protocol):
         if data.startswith(PEER_MAGIC):
             self._mode = "peer"
             self._done = True
-            self.factory.peer_connected(self, data)
+            self._peer = self.factory.peer_connected(self, data)
             return None
         if data[:1] == b"*":
             self._mode = "resp"
@@ -400,7 +407,8 @@ class NodeFactory(Factory):
     :param max_clients: client connections served at once.
     :param max_pipeline: commands of one client in progress at once.
     :param peer_connected: takes over a connection that opened as a peer
-        link, with the bytes read so far.
+        link, given the bytes read so far; returns the protocol that gets
+        the connection's later bytes.
     """
 
     protocol = NodeProtocol  # type: ignore[assignment]
@@ -412,7 +420,7 @@ class NodeFactory(Factory):
         max_line: int,
         max_clients: int,
         max_pipeline: int,
-        peer_connected: Optional[Callable[[NodeProtocol, bytes], None]] = None,
+        peer_connected: Optional[Callable[[NodeProtocol, bytes], Protocol]] = None,
     ) -> None:
         self.commands = commands
         self.max_line = max_line
@@ -430,12 +438,12 @@ class NodeFactory(Factory):
         """
         return NodeProtocol(self)
 
-    def peer_connected(self, proto: NodeProtocol, data: bytes) -> None:
+    def peer_connected(self, proto: NodeProtocol, data: bytes) -> Optional[Protocol]:
         """
-        A connection opened as a peer link.
+        A connection opened as a peer link: hand it to the peer side.
         """
         if self._peer_connected is None:
             log.warn("refused a peer link: this node does not serve peers")
             proto.transport.loseConnection()
-            return
-        self._peer_connected(proto, data)
+            return None
+        return self._peer_connected(proto, data)

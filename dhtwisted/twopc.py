@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import IReplica
-from .store import Record, Store
+from .store import MISSING, Record, Store
 from .version import NO_VERSION, HybridClock
 
 __all__ = [
@@ -72,29 +72,42 @@ class Vote:
     existed: tuple[bool, ...] = ()
 
 
+PREPARED = "prepared"
+COMMITTED = "committed"
+ABORTED = "aborted"
+UNKNOWN = "unknown"
+
+
 @dataclass
 class _Prepared:
     txid: str
     writes: list[Write]
     deadline: float
+    coordinator: str
     participants: list[str] = field(default_factory=list)
 
 
 class Participant:
     """
-    The 2PC state of one node as a participant: locks and staged writes.
-
-    Pure: the caller passes the time in.
+    The 2PC state of one node as a participant: locks, staged writes, and
+    the outcomes of recent transactions (so that late or repeated messages
+    change nothing, and peers resolving a transaction can ask).
 
     :param store: where committed writes go.
     :param clock: this node's hybrid clock, told of every committed version.
+    :param now: the current time in seconds.
+    :param keep: seconds an outcome is remembered.
     """
 
-    def __init__(self, store: Store, clock: HybridClock) -> None:
+    def __init__(self, store: Store, clock: HybridClock,
+                 now: Callable[[], float] = lambda: 0.0, keep: float = 600.0) -> None:
         self._store = store
         self._clock = clock
+        self._now = now
+        self._keep = keep
         self._locks: dict[bytes, str] = {}
         self._prepared: dict[str, _Prepared] = {}
+        self._decided: dict[str, tuple[str, bytes, float]] = {}  # txid -> (state, version, when)
 
     @property
     def locked_keys(self) -> int:
@@ -103,22 +116,33 @@ class Participant:
         """
         return len(self._locks)
 
+    @property
+    def in_doubt(self) -> int:
+        """
+        The number of transactions prepared here and not yet decided.
+        """
+        return len(self._prepared)
+
     def prepare(
-        self, txid: str, writes: list[Write], participants: list[str], deadline: float
+        self, txid: str, writes: list[Write], participants: list[str], deadline: float,
+        coordinator: str = "",
     ) -> Vote:
         """
         Lock and stage C{writes} for C{txid}, unless another transaction
-        holds a lock on one of their keys.
+        holds a lock on one of their keys, or C{txid} was already decided.
         """
         if txid in self._prepared:
             return self._vote_yes(self._prepared[txid].writes)
+        if txid in self._decided:
+            return Vote(False, "transaction already decided")
         for key, _ in writes:
             holder = self._locks.get(key)
             if holder is not None and holder != txid:
                 return Vote(False, "conflict: key is locked by another write", conflict=True)
         for key, _ in writes:
             self._locks[key] = txid
-        self._prepared[txid] = _Prepared(txid, list(writes), deadline, list(participants))
+        self._prepared[txid] = _Prepared(txid, list(writes), deadline, coordinator,
+                                         list(participants))
         return self._vote_yes(writes)
 
     def _vote_yes(self, writes: list[Write]) -> Vote:
@@ -129,19 +153,24 @@ class Participant:
             existed=tuple(r.value is not None for r in records),
         )
 
-    def commit(self, txid: str, version: bytes) -> bool:
+    def commit(self, txid: str, version: bytes, writes: Optional[list[Write]] = None) -> bool:
         """
-        Apply the writes of C{txid} at C{version}, release its locks.
+        Apply the writes of C{txid} at C{version} and release its locks.
+        C{writes}, when given, are applied even if C{txid} is not prepared
+        here (any more): the decision was commit.
 
-        :return: whether C{txid} was prepared here.
+        :return: whether the transaction is now committed here.
         """
         txn = self._prepared.pop(txid, None)
-        if txn is None:
-            return False
+        if txn is not None:
+            self._unlock(txn)
+            writes = txn.writes
+        elif writes is None:
+            return self._decided.get(txid, (UNKNOWN,))[0] == COMMITTED
         self._clock.observe(version)
-        for key, value in txn.writes:
+        for key, value in writes:
             self._store.apply(key, version, value)
-        self._unlock(txn)
+        self._decided[txid] = (COMMITTED, version, self._now())
         return True
 
     def abort(self, txid: str) -> bool:
@@ -154,6 +183,7 @@ class Participant:
         if txn is None:
             return False
         self._unlock(txn)
+        self._decided[txid] = (ABORTED, NO_VERSION, self._now())
         return True
 
     def _unlock(self, txn: _Prepared) -> None:
@@ -161,11 +191,25 @@ class Participant:
             if self._locks.get(key) == txn.txid:
                 del self._locks[key]
 
-    def overdue(self, now: float) -> list[str]:
+    def status(self, txid: str) -> tuple[str, bytes]:
         """
-        The transactions still undecided past their deadline.
+        What this node knows of C{txid}: a state and, if committed, the version.
         """
-        return [t.txid for t in self._prepared.values() if t.deadline <= now]
+        if txid in self._prepared:
+            return (PREPARED, NO_VERSION)
+        state, version, _ = self._decided.get(txid, (UNKNOWN, NO_VERSION, 0.0))
+        return (state, version)
+
+    def overdue(self, now: float) -> list[tuple[str, str, list[str]]]:
+        """
+        The transactions still undecided past their deadline, as
+        C{(txid, coordinator, participants)}; forgets old outcomes.
+        """
+        cutoff = now - self._keep
+        for txid in [t for t, (_, _, when) in self._decided.items() if when < cutoff]:
+            del self._decided[txid]
+        return [(t.txid, t.coordinator, t.participants)
+                for t in self._prepared.values() if t.deadline <= now]
 
 
 @implementer(IReplica)
@@ -173,9 +217,14 @@ class LocalReplica:
     """
     This node as a replica of its own transactions and reads: direct calls,
     no network.
+
+    :param node_id: this node's id (the coordinator of what it prepares).
+    :param deadline: when a transaction prepared now must be resolved by.
     """
 
-    def __init__(self, participant: Participant, store: Store, deadline: Callable[[], float]):
+    def __init__(self, node_id: str, participant: Participant, store: Store,
+                 deadline: Callable[[], float]) -> None:
+        self._node_id = node_id
         self._participant = participant
         self._store = store
         self._deadline = deadline
@@ -184,13 +233,15 @@ class LocalReplica:
         """
         See L{IReplica.prepare}.
         """
-        return succeed(self._participant.prepare(txid, writes, participants, self._deadline()))
+        return succeed(self._participant.prepare(txid, writes, participants, self._deadline(),
+                                                 self._node_id))
 
-    def commit(self, txid: str, version: bytes) -> Deferred[bool]:
+    def commit(self, txid: str, version: bytes,
+               writes: Optional[list[Write]] = None) -> Deferred[bool]:
         """
         See L{IReplica.commit}.
         """
-        return succeed(self._participant.commit(txid, version))
+        return succeed(self._participant.commit(txid, version, writes))
 
     def abort(self, txid: str) -> Deferred[bool]:
         """
@@ -209,6 +260,11 @@ class Coordinator:
     """
     Runs this node's client commands against the replicas of their keys.
 
+    A write answers C{ok} only once every replica has confirmed the commit.
+    A replica that did not confirm is sent the commit again, with the
+    writes, until it does or leaves the cluster; the client hears that the
+    outcome is not confirmed everywhere.
+
     :param node_id: this node's id, the prefix of its transaction ids.
     :param clock: this node's hybrid clock, for commit versions.
     :param reactor: for timers.
@@ -216,6 +272,9 @@ class Coordinator:
     :param replica: a node id to that node as an L{IReplica}.
     :param rpc_timeout: seconds a replica has to answer each request.
     :param retries: how many times a write that met a lock conflict is tried again.
+    :param is_live: whether a node is still a live member (commits to it
+        are retried while it is).
+    :param keep: seconds a decision is remembered for participants that ask.
     """
 
     def __init__(
@@ -228,6 +287,8 @@ class Coordinator:
         rpc_timeout: float = 5.0,
         retries: int = 3,
         rng: Optional[random.Random] = None,
+        is_live: Callable[[str], bool] = lambda node: True,
+        keep: float = 600.0,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -237,9 +298,14 @@ class Coordinator:
         self._timeout = rpc_timeout
         self._retries = retries
         self._rng = rng or random.Random()
+        self._is_live = is_live
+        self._keep = keep
         self._ids = itertools.count(1)
         self._generation = int(reactor.seconds() * 1000)
-        self.stats = {"commits": 0, "aborts": 0, "retries": 0}
+        self._undecided: set[str] = set()
+        self._decisions: dict[str, tuple[Optional[bytes], float]] = {}
+        self._redelivery: dict[tuple[str, str], Any] = {}  # (txid, node) -> delayed call
+        self.stats = {"commits": 0, "aborts": 0, "retries": 0, "unconfirmed": 0}
 
     def _timed(self, d: Deferred) -> Deferred:
         return d.addTimeout(self._timeout, self._reactor)
@@ -247,13 +313,46 @@ class Coordinator:
     def _new_txid(self) -> str:
         return f"{self._node_id}:{self._generation}:{next(self._ids)}"
 
+    def query(self, txid: str) -> tuple[str, bytes]:
+        """
+        The outcome of C{txid}, for a participant that heard no decision.
+        A transaction still collecting votes is decided abort now, so that
+        it cannot commit behind the participant's back.
+        """
+        if txid in self._undecided:
+            self._undecided.discard(txid)
+            self._decisions[txid] = (None, self._reactor.seconds())
+        decision = self._decisions.get(txid)
+        if decision is None:
+            return (UNKNOWN, NO_VERSION)
+        version = decision[0]
+        return (ABORTED, NO_VERSION) if version is None else (COMMITTED, version)
+
+    def prune(self) -> None:
+        """
+        Forget decisions older than C{keep}.
+        """
+        cutoff = self._reactor.seconds() - self._keep
+        for txid in [t for t, (_, when) in self._decisions.items() if when < cutoff]:
+            del self._decisions[txid]
+
+    def stop(self) -> None:
+        """
+        Stop sending commits again.
+        """
+        for call in self._redelivery.values():
+            if call.active():
+                call.cancel()
+        self._redelivery.clear()
+
     def write(self, writes: Sequence[Write]) -> Deferred[list[bool]]:
         """
         Apply C{writes} (C{(key, value)} pairs, value C{None} to delete) on
         all replicas of their keys, or on none.
 
-        :return: a Deferred firing, once the decision is commit, with whether
-            each key had a value before; or failing with L{TransactionFailed}.
+        :return: a Deferred firing, once every replica has committed, with
+            whether each key had a value before; or failing with
+            L{TransactionFailed}.
         """
         latest: dict[bytes, Optional[bytes]] = {}
         for key, value in writes:
@@ -266,16 +365,30 @@ class Coordinator:
         while True:
             txid = self._new_txid()
             plan = self._plan(writes)
+            self._undecided.add(txid)
             votes = await self._prepare(txid, writes, plan)
-            if all(vote.yes for vote, _ in votes.values()):
+            if txid in self._undecided and all(vote.yes for vote, _ in votes.values()):
+                self._undecided.discard(txid)
                 newest = max((vote.max_version for vote, _ in votes.values()), default=NO_VERSION)
                 version = self._clock.next_after(newest)
-                await self._decide(txid, plan, version)
+                self._decisions[txid] = (version, self._reactor.seconds())
+                unconfirmed = await self._commit(txid, version, writes, plan)
+                if unconfirmed:
+                    self.stats["unconfirmed"] += 1
+                    raise TransactionFailed(
+                        "write committed but not confirmed by replica "
+                        + ", ".join(unconfirmed)
+                        + "; it is being sent again and may already be visible"
+                    )
                 self.stats["commits"] += 1
                 return self._existed(len(writes), votes)
-            await self._decide(txid, plan, None)
+            self._undecided.discard(txid)
+            self._decisions[txid] = (None, self._reactor.seconds())
+            await self._abort(txid, plan)
             self.stats["aborts"] += 1
             noes = [vote for vote, _ in votes.values() if not vote.yes]
+            if not noes:
+                raise TransactionFailed("write aborted, nothing applied (timed out)")
             if attempt < self._retries and all(vote.conflict for vote in noes):
                 attempt += 1
                 self.stats["retries"] += 1
@@ -312,23 +425,54 @@ class Coordinator:
             votes[node] = (result, indexes)
         return votes
 
-    async def _decide(
-        self, txid: str, plan: dict[str, list[int]], version: Optional[bytes]
-    ) -> None:
+    async def _commit(self, txid: str, version: bytes, writes: list[Write],
+                      plan: dict[str, list[int]]) -> list[str]:
         """
-        Tell every participant the decision: commit at C{version}, or abort
-        if it is C{None}; wait for their answers or their timeouts.
+        Tell every participant to commit; return those that did not confirm
+        (they are sent the commit again, with the writes).
         """
-        calls = []
-        for node in plan:
-            replica = self._replica(node)
-            calls.append(self._timed(
-                replica.abort(txid) if version is None else replica.commit(txid, version)
-            ))
+        calls = [self._timed(self._replica(node).commit(txid, version)) for node in plan]
         results = await DeferredList(calls, consumeErrors=True)
+        unconfirmed = []
+        for (node, indexes), (ok, result) in zip(plan.items(), results):
+            if not ok or not result:
+                why = _describe(result) if not ok else "it had not prepared"
+                log.warn("replica {peer} did not confirm commit {txid}: {why}",
+                         peer=node, txid=txid, why=why)
+                unconfirmed.append(node)
+                self._redeliver(txid, version, node, [writes[i] for i in indexes])
+        return unconfirmed
+
+    def _redeliver(self, txid: str, version: bytes, node: str, writes: list[Write]) -> None:
+        def again() -> None:
+            del self._redelivery[(txid, node)]
+            if not self._is_live(node):
+                log.info("gave up sending commit {txid} to {peer}: no longer a member",
+                         txid=txid, peer=node)
+                return
+
+            def done(confirmed: object) -> None:
+                if not confirmed:
+                    self._redeliver(txid, version, node, writes)
+
+            def failed(f: Failure) -> None:
+                self._redeliver(txid, version, node, writes)
+
+            (
+                self._timed(self._replica(node).commit(txid, version, writes))
+                .addCallbacks(done, failed)
+            )
+
+        self._redelivery[(txid, node)] = self._reactor.callLater(self._timeout, again)
+
+    async def _abort(self, txid: str, plan: dict[str, list[int]]) -> None:
+        results = await DeferredList(
+            [self._timed(self._replica(node).abort(txid)) for node in plan], consumeErrors=True
+        )
         for node, (ok, result) in zip(plan, results):
             if not ok:
-                log.warn("replica {peer} did not take the decision on {txid}: {why}",
+                # it will ask, and hear abort, when its transaction times out
+                log.info("replica {peer} did not confirm abort {txid}: {why}",
                          peer=node, txid=txid, why=_describe(result))
 
     @staticmethod
@@ -339,34 +483,63 @@ class Coordinator:
                 existed[index] = existed[index] or flag
         return existed
 
-    def read(self, keys: Sequence[bytes]) -> Deferred[list[Optional[bytes]]]:
+    def read(self, keys: Sequence[bytes], quorum: int = 1) -> Deferred[list[Optional[bytes]]]:
         """
-        The value of each of C{keys} (C{None} if missing): the newest version
-        among the replicas that answer, trying them in preference order.
-        """
-        return Deferred.fromCoroutine(self._read(list(keys)))
+        The value of each of C{keys} (C{None} if missing).
 
-    async def _read(self, keys: list[bytes]) -> list[Optional[bytes]]:
+        The first C{quorum} replicas of each key are asked at once; a replica
+        that fails, or a key that none of them holds, sends the question on
+        to the next replica in preference order (a replica that has just
+        joined may not have a key yet). The newest version seen wins.
+
+        :raise TransactionFailed: if no replica answered.
+        """
+        return Deferred.fromCoroutine(self._read(list(keys), quorum))
+
+    async def _read(self, keys: list[bytes], quorum: int) -> list[Optional[bytes]]:
         groups: dict[tuple[str, ...], list[int]] = {}
         for index, key in enumerate(keys):
             groups.setdefault(tuple(self._replicas_for(key)), []).append(index)
         values: list[Optional[bytes]] = [None] * len(keys)
         for nodes, indexes in groups.items():
             wanted = [keys[i] for i in indexes]
-            records = await self._read_from(nodes, wanted)
+            records = await self._read_from(nodes, wanted, quorum)
             for index, record in zip(indexes, records):
                 values[index] = record.value
         return values
 
-    async def _read_from(self, nodes: tuple[str, ...], keys: list[bytes]) -> list[Record]:
-        errors = []
-        for node in nodes:
-            try:
-                return list(await self._timed(self._replica(node).read(keys)))
-            except Exception as e:
-                errors.append(f"{node}: {_describe(Failure(e))}")
-        raise TransactionFailed("no replica answered the read (" + "; ".join(errors) + ")"
-                                if errors else "no live replica for the key")
+    async def _read_from(self, nodes: tuple[str, ...], keys: list[bytes],
+                         quorum: int) -> list[Record]:
+        newest = [MISSING] * len(keys)
+        answered = 0
+        errors: list[str] = []
+        position = 0
+        while position < len(nodes):
+            missing = [i for i, r in enumerate(newest) if r.version == NO_VERSION]
+            if answered >= quorum and not missing:
+                break
+            ask = list(range(len(keys))) if answered < quorum else missing
+            width = max(1, quorum - answered)
+            batch = nodes[position : position + width]
+            position += len(batch)
+            results = await DeferredList(
+                [self._timed(self._replica(node).read([keys[i] for i in ask])) for node in batch],
+                consumeErrors=True,
+            )
+            for node, (ok, result) in zip(batch, results):
+                if not ok:
+                    errors.append(f"{node}: {_describe(result)}")
+                    continue
+                answered += 1
+                for i, record in zip(ask, result):
+                    if record.version > newest[i].version:
+                        newest[i] = record
+        if not answered:
+            raise TransactionFailed(
+                "no replica answered the read (" + "; ".join(errors) + ")"
+                if errors else "no live replica for the key"
+            )
+        return newest
 
 
 def _describe(failure: Failure) -> str:

@@ -73,15 +73,30 @@ class ParticipantTests(SynchronousTestCase):
 
     def test_duplicate_and_late_messages(self) -> None:
         """
-        A repeated prepare votes yes again; commit or abort of an unknown or
-        finished transaction changes nothing.
+        A repeated prepare votes yes again; a repeated commit is confirmed;
+        an abort after commit, a prepare after the decision, or a commit of
+        an unknown transaction change nothing.
         """
         self.assertTrue(self.participant.prepare("t1", [(b"a", b"1")], ["n"], 2000).yes)
         self.assertTrue(self.participant.prepare("t1", [(b"a", b"1")], ["n"], 2000).yes)
         self.assertTrue(self.participant.commit("t1", self.version))
-        self.assertFalse(self.participant.commit("t1", self.version))
+        self.assertTrue(self.participant.commit("t1", self.version))
         self.assertFalse(self.participant.abort("t1"))
+        self.assertFalse(self.participant.prepare("t1", [(b"a", b"2")], ["n"], 2000).yes)
         self.assertFalse(self.participant.abort("never"))
+        self.assertFalse(self.participant.commit("never", self.version))
+        self.assertEqual(self.store.get(b"a"), Record(self.version, b"1"))
+        self.assertEqual(self.participant.locked_keys, 0)
+        self.assertEqual(self.participant.status("t1"), ("committed", self.version))
+
+    def test_commit_with_writes_after_abort(self) -> None:
+        """
+        A participant that gave up on a transaction still applies a later
+        commit that carries the writes: the decision was commit.
+        """
+        self.participant.prepare("t1", [(b"a", b"1")], ["n"], 2000)
+        self.participant.abort("t1")
+        self.assertTrue(self.participant.commit("t1", self.version, [(b"a", b"1")]))
         self.assertEqual(self.store.get(b"a"), Record(self.version, b"1"))
 
     def test_vote_reports_newest_version(self) -> None:
@@ -98,9 +113,9 @@ class ParticipantTests(SynchronousTestCase):
         """
         Transactions undecided past their deadline are reported.
         """
-        self.participant.prepare("t1", [(b"a", b"1")], ["n"], 1010)
-        self.participant.prepare("t2", [(b"b", b"1")], ["n"], 1020)
-        self.assertEqual(self.participant.overdue(1015), ["t1"])
+        self.participant.prepare("t1", [(b"a", b"1")], ["n", "m"], 1010, "m")
+        self.participant.prepare("t2", [(b"b", b"1")], ["n"], 1020, "m")
+        self.assertEqual(self.participant.overdue(1015), [("t1", "m", ["n", "m"])])
 
 
 @implementer(IReplica)
@@ -114,7 +129,7 @@ class ScriptedReplica:
         self.name = name
         self.events = events
         self.participant, self.store = _participant(clock, name)
-        self.local = LocalReplica(self.participant, self.store, lambda: clock.seconds() + 10)
+        self.local = LocalReplica(name, self.participant, self.store, lambda: clock.seconds() + 10)
         self.vote_no: Optional[Vote] = None
         self.broken = False
         self.hung = False
@@ -136,11 +151,11 @@ class ScriptedReplica:
         return self._call("prepare", txid,
                           lambda: self.local.prepare(txid, writes, participants))
 
-    def commit(self, txid: str, version: bytes) -> Deferred:
+    def commit(self, txid: str, version: bytes, writes: Optional[list] = None) -> Deferred:
         """
         Commit, as scripted.
         """
-        return self._call("commit", txid, lambda: self.local.commit(txid, version))
+        return self._call("commit", txid, lambda: self.local.commit(txid, version, writes))
 
     def abort(self, txid: str) -> Deferred:
         """

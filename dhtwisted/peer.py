@@ -1,0 +1,458 @@
+# -*- test-case-name: tests.test_peer -*-
+"""
+Peer links: length-prefixed protobuf frames between nodes.
+
+A link opens with the preamble (magic and protocol version) and a
+handshake: the dialling node sends C{Hello} with its member entry, the other
+answers C{Welcome} with its own and its member table, or C{Error} and closes.
+Then either side sends requests, each with a request id, and gets replies
+matched by that id. Each request has a timeout; a lost link fails its
+pending requests at once.
+
+L{PeerPool} keeps one link per peer: it dials on demand, retries with
+backoff, and when two nodes dial each other at once keeps the link dialled
+by the node with the smaller id.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Optional, Protocol, Union
+
+from google.protobuf.message import DecodeError
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from .membership import Member, Refused
+from .wire import PREAMBLE, Envelope, Frame, member_from_pb, member_to_pb
+
+__all__ = [
+    "PeerDisconnected",
+    "PeerError",
+    "PeerPool",
+    "PeerProtocol",
+    "PeerUnavailable",
+]
+
+log = Logger()
+
+
+class PeerDisconnected(Exception):
+    """
+    The link to a peer was lost before it answered.
+    """
+
+
+class PeerError(Exception):
+    """
+    A peer answered a request with an error.
+    """
+
+
+class PeerUnavailable(Exception):
+    """
+    A peer could not be reached (recently failed; retried later).
+    """
+
+
+class PeerHandler(Protocol):
+    """
+    What a link needs of its node.
+    """
+
+    node_id: str
+
+    def me(self) -> Member:
+        """
+        This node's member entry.
+        """
+
+    def hello(self, link: "PeerProtocol", member: Member) -> list[Member]:
+        """
+        A peer introduced itself; return the member table to welcome it
+        with, or raise L{Refused}.
+        """
+
+    def welcome(self, link: "PeerProtocol", member: Member, members: list[Member]) -> None:
+        """
+        The peer this node dialled accepted it.
+        """
+
+    def handle(self, link: "PeerProtocol", request: Envelope) -> Union[Envelope, Deferred]:
+        """
+        Answer a request; the reply's body only.
+        """
+
+    def link_lost(self, link: "PeerProtocol") -> None:
+        """
+        A link closed.
+        """
+
+
+class PeerProtocol(Int32StringReceiver):
+    """
+    One end of a peer link.
+
+    :param node: the node it serves.
+    :param clock: for request timeouts.
+    :param rpc_timeout: seconds a request may wait for its reply.
+    :param max_frame: largest frame accepted.
+    :param dialer: whether this end dialled (and so starts the handshake).
+    """
+
+    def __init__(self, node: PeerHandler, clock: IReactorTime, rpc_timeout: float,
+                 max_frame: int, dialer: bool) -> None:
+        self.node = node
+        self.clock = clock
+        self.rpc_timeout = rpc_timeout
+        self.MAX_LENGTH = max_frame
+        self.dialer = dialer
+        self.peer: Optional[Member] = None
+        self.connected = False
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Deferred[Envelope]] = {}
+        self._ready: list[Deferred[PeerProtocol]] = []
+        self._preamble = None if dialer else b""  # acceptor: bytes of the preamble seen
+
+    @property
+    def peer_id(self) -> Optional[str]:
+        """
+        The id of the node at the other end, once the handshake is done.
+        """
+        return self.peer.node_id if self.peer else None
+
+    @property
+    def dialer_id(self) -> str:
+        """
+        The id of the node that dialled this link.
+        """
+        assert self.peer is not None
+        return self.node.node_id if self.dialer else self.peer.node_id
+
+    def when_ready(self) -> Deferred["PeerProtocol"]:
+        """
+        A new Deferred firing with this link once the handshake is done.
+        """
+        if self.peer is not None:
+            return succeed(self)
+        d: Deferred[PeerProtocol] = Deferred()
+        self._ready.append(d)
+        return d
+
+    def connectionMade(self) -> None:
+        """
+        The dialler sends the preamble and its Hello.
+        """
+        self.connected = True
+        if self.dialer:
+            self.transport.write(PREAMBLE)
+            hello = Envelope()
+            member_to_pb(self.node.me(), hello.hello.member)
+            (
+                self._call(hello)
+                .addCallbacks(self._welcomed, self._refused)
+            )
+
+    def _welcomed(self, reply: Envelope) -> None:
+        if reply.WhichOneof("body") != "welcome":
+            raise PeerError(f"expected welcome, got {reply.WhichOneof('body')}")
+        peer = member_from_pb(reply.welcome.member)
+        members = [member_from_pb(m) for m in reply.welcome.members]
+        self.peer = peer
+        self.node.welcome(self, peer, members)
+        self._fire_ready()
+
+    def _refused(self, failure: Failure) -> None:
+        if failure.check(PeerError):
+            log.error("refused by {address}: {why}", address=self._address(),
+                      why=failure.getErrorMessage())
+        self._fail_ready(failure)
+        self.transport.loseConnection()
+
+    def _fire_ready(self) -> None:
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.callback(self)
+
+    def _fail_ready(self, failure: Failure) -> None:
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.errback(failure)
+
+    def _address(self) -> str:
+        peer = self.transport.getPeer() if self.transport else None
+        return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        On the accepting end, check the preamble first.
+        """
+        if self._preamble is not None and len(self._preamble) < len(PREAMBLE):
+            need = len(PREAMBLE) - len(self._preamble)
+            self._preamble += data[:need]
+            data = data[need:]
+            if not PREAMBLE.startswith(self._preamble):
+                log.warn("closed a peer link from {address}: protocol version {got!r}, "
+                         "this node speaks {want!r}", address=self._address(),
+                         got=self._preamble[4:], want=PREAMBLE[4:])
+                self.transport.loseConnection()
+                return
+            if len(self._preamble) < len(PREAMBLE) or not data:
+                return
+        super().dataReceived(data)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        """
+        A frame over max_frame: log it and close the link.
+        """
+        log.warn("closed the peer link to {peer}: frame of {length} bytes is over max_frame",
+                 peer=self.peer_id or self._address(), length=length)
+        self.transport.loseConnection()
+
+    def stringReceived(self, data: bytes) -> None:
+        """
+        Handle the envelopes of one frame.
+        """
+        try:
+            frame = Frame.FromString(data)
+        except DecodeError:
+            log.warn("closed the peer link to {peer}: undecodable frame",
+                     peer=self.peer_id or self._address())
+            self.transport.loseConnection()
+            return
+        for envelope in frame.envelopes:
+            if not self.connected:
+                return
+            if envelope.reply:
+                d = self._pending.pop(envelope.request_id, None)
+                if d is not None:
+                    d.callback(envelope)
+            else:
+                self._request(envelope)
+
+    def _request(self, envelope: Envelope) -> None:
+        kind = envelope.WhichOneof("body")
+        if self.peer is None:
+            if kind != "hello" or self.dialer:
+                log.warn("closed a peer link from {address}: {kind} before hello",
+                         address=self._address(), kind=kind)
+                self.transport.loseConnection()
+                return
+            self._hello(envelope)
+            return
+        try:
+            reply = self.node.handle(self, envelope)
+        except Exception as e:
+            reply = _error_reply(e)
+        if isinstance(reply, Deferred):
+            reply.addErrback(_error_reply).addCallback(self._reply, envelope.request_id)
+        else:
+            self._reply(reply, envelope.request_id)
+
+    def _hello(self, envelope: Envelope) -> None:
+        try:
+            member = member_from_pb(envelope.hello.member)
+            self.peer = member
+            members = self.node.hello(self, member)
+        except (Refused, ValueError) as e:
+            self.peer = None
+            log.error("refused a peer from {address}: {why}", address=self._address(), why=str(e))
+            self._reply(_error_reply(e), envelope.request_id)
+            self.transport.loseConnection()
+            return
+        reply = Envelope()
+        member_to_pb(self.node.me(), reply.welcome.member)
+        for m in members:
+            member_to_pb(m, reply.welcome.members.add())
+        self._reply(reply, envelope.request_id)
+        self._fire_ready()
+
+    def _reply(self, reply: Envelope, request_id: int) -> None:
+        if not self.connected:
+            return
+        reply.request_id = request_id
+        reply.reply = True
+        self._send(reply)
+
+    def _send(self, envelope: Envelope) -> None:
+        frame = Frame()
+        frame.envelopes.append(envelope)
+        self.sendString(frame.SerializeToString())
+
+    def call(self, envelope: Envelope) -> Deferred[Envelope]:
+        """
+        Send a request and get its reply, or fail with L{PeerError},
+        L{PeerDisconnected} or a timeout.
+        """
+        if self.peer is None:
+            return fail(PeerUnavailable("handshake not done"))
+        return self._call(envelope)
+
+    def _call(self, envelope: Envelope) -> Deferred[Envelope]:
+        if not self.connected:
+            return fail(PeerDisconnected(f"link to {self.peer_id} is closed"))
+        request_id = next(self._ids)
+        envelope.request_id = request_id
+
+        def cancel(d: Deferred[Envelope]) -> None:
+            self._pending.pop(request_id, None)
+
+        d: Deferred[Envelope] = Deferred(cancel)
+        self._pending[request_id] = d
+        self._send(envelope)
+        d.addCallback(_check_error)
+        return d.addTimeout(self.rpc_timeout, self.clock)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """
+        Fail every pending request and tell the node.
+        """
+        self.connected = False
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(PeerDisconnected(f"link to {self.peer_id or self._address()} lost"))
+        self._fail_ready(Failure(PeerDisconnected("link closed during the handshake")))
+        self.node.link_lost(self)
+
+
+def _check_error(reply: Envelope) -> Envelope:
+    if reply.WhichOneof("body") == "error":
+        raise PeerError(reply.error.reason)
+    return reply
+
+
+def _error_reply(error: Union[Exception, Failure]) -> Envelope:
+    reply = Envelope()
+    if isinstance(error, Failure):
+        if not error.check(Refused, ValueError, PeerError):
+            log.failure("peer request failed", error)
+        error = error.value
+    reply.error.reason = str(error) or type(error).__name__
+    return reply
+
+
+class PeerFactory(Factory):
+    """
+    Makes the dialling end of peer links.
+    """
+
+    noisy = False
+
+    def __init__(self, node: PeerHandler, clock: IReactorTime, rpc_timeout: float,
+                 max_frame: int) -> None:
+        self.node = node
+        self.clock = clock
+        self.rpc_timeout = rpc_timeout
+        self.max_frame = max_frame
+
+    def buildProtocol(self, addr: Any) -> PeerProtocol:
+        """
+        A dialling link.
+        """
+        return PeerProtocol(self.node, self.clock, self.rpc_timeout, self.max_frame, dialer=True)
+
+    def accepted(self) -> PeerProtocol:
+        """
+        An accepting link, for a connection that opened with the preamble.
+        """
+        return PeerProtocol(self.node, self.clock, self.rpc_timeout, self.max_frame,
+                            dialer=False)
+
+
+#: Dials C{host:port} with a factory; fires with the protocol it built.
+Connect = Callable[[str, PeerFactory], Deferred[PeerProtocol]]
+
+
+class PeerPool:
+    """
+    One link per peer, dialled on demand.
+
+    :param factory: makes links.
+    :param connect: dials an address.
+    :param clock: for the backoff.
+    :param backoff: seconds to wait after a failed dial, doubled up to
+        C{max_backoff} while failures go on.
+    """
+
+    def __init__(self, factory: PeerFactory, connect: Connect, clock: IReactorTime,
+                 backoff: float = 0.5, max_backoff: float = 5.0) -> None:
+        self._factory = factory
+        self._connect = connect
+        self._clock = clock
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self.links: dict[str, PeerProtocol] = {}
+        self._dialling: dict[str, list[Deferred[PeerProtocol]]] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, retry at)
+
+    def get(self, node_id: Optional[str], address: str) -> Deferred[PeerProtocol]:
+        """
+        A ready link to the node at C{address} (C{node_id}, if known).
+        """
+        if node_id is not None:
+            link = self.links.get(node_id)
+            if link is not None and link.connected:
+                return succeed(link)
+        waiting = self._dialling.get(address)
+        if waiting is not None:
+            d: Deferred[PeerProtocol] = Deferred()
+            waiting.append(d)
+            return d
+        count, retry_at = self._failures.get(address, (0, 0.0))
+        if count and self._clock.seconds() < retry_at:
+            return fail(PeerUnavailable(f"{address} failed recently; retrying later"))
+        self._dialling[address] = []
+        d = self._connect(address, self._factory)
+        d.addCallback(lambda link: link.when_ready())
+        d.addBoth(self._dialled, address)
+        return d
+
+    def _dialled(self, result: Union[PeerProtocol, Failure], address: str
+                 ) -> Union[PeerProtocol, Failure]:
+        waiting = self._dialling.pop(address, [])
+        if isinstance(result, Failure):
+            count = self._failures.get(address, (0, 0.0))[0] + 1
+            delay = min(self._backoff * 2 ** (count - 1), self._max_backoff)
+            self._failures[address] = (count, self._clock.seconds() + delay)
+            for d in waiting:
+                d.errback(result)
+            return result
+        self._failures.pop(address, None)
+        for d in waiting:
+            d.callback(result)
+        return result
+
+    def register(self, link: PeerProtocol) -> None:
+        """
+        Keep C{link} as the link to its peer. With two links to one peer,
+        keep the one dialled by the node with the smaller id and close the
+        other (both ends choose the same).
+        """
+        peer_id = link.peer_id
+        assert peer_id is not None
+        old = self.links.get(peer_id)
+        if old is not None and old is not link and old.connected:
+            keep, drop = sorted([old, link], key=lambda x: x.dialer_id)
+            self.links[peer_id] = keep
+            drop.transport.loseConnection()
+            return
+        self.links[peer_id] = link
+
+    def lost(self, link: PeerProtocol) -> None:
+        """
+        Forget a closed link.
+        """
+        peer_id = link.peer_id
+        if peer_id is not None and self.links.get(peer_id) is link:
+            del self.links[peer_id]
+
+    def close(self) -> None:
+        """
+        Close every link.
+        """
+        for link in list(self.links.values()):
+            link.transport.loseConnection()

@@ -1,0 +1,91 @@
+# -*- test-case-name: tests.test_wire -*-
+"""
+Peer messages: between protobuf (C{proto/dht.proto}) and dhtwisted's own
+types. The only importer of the generated module.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Optional
+
+from ._proto import dht_pb2
+from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member
+from .store import Record
+
+__all__ = [
+    "Envelope",
+    "Frame",
+    "PREAMBLE",
+    "PROTOCOL_VERSION",
+    "member_from_pb",
+    "member_to_pb",
+    "record_from_pb",
+    "record_to_pb",
+]
+
+#: The version of the peer protocol; a peer with another one is refused.
+PROTOCOL_VERSION = 1
+#: What a peer link starts with: the magic (see L{dhtwisted.server.PEER_MAGIC})
+#: and the protocol version.
+MAGIC = b"\x00DHT"
+PREAMBLE = MAGIC + struct.pack(">H", PROTOCOL_VERSION)
+
+Envelope = dht_pb2.Envelope
+Frame = dht_pb2.Frame
+TxnStatus = dht_pb2.TxnStatus
+
+_STATUS_TO_PB = {ALIVE: dht_pb2.ALIVE, SUSPECT: dht_pb2.SUSPECT, DEAD: dht_pb2.DEAD,
+                 LEFT: dht_pb2.LEFT}
+_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
+
+
+def member_to_pb(member: Member, out: Optional[dht_pb2.Member] = None) -> dht_pb2.Member:
+    """
+    A L{Member} as a protobuf message (filled into C{out} if given).
+    """
+    pb = out if out is not None else dht_pb2.Member()
+    pb.node_id = member.node_id
+    pb.address = member.address
+    pb.tokens.extend(member.tokens)
+    pb.generation = member.generation
+    pb.heartbeat = member.heartbeat
+    pb.status = _STATUS_TO_PB[member.status]
+    return pb
+
+
+def member_from_pb(pb: dht_pb2.Member) -> Member:
+    """
+    A protobuf member as a L{Member}.
+
+    :raises ValueError: if it is not a usable member.
+    """
+    if not pb.node_id or not pb.address or not pb.tokens:
+        raise ValueError("member without id, address or tokens")
+    return Member(
+        node_id=pb.node_id,
+        address=pb.address,
+        tokens=tuple(pb.tokens),
+        generation=pb.generation,
+        heartbeat=pb.heartbeat,
+        status=_STATUS_FROM_PB.get(pb.status, ALIVE),
+    )
+
+
+def record_to_pb(key: bytes, record: Record, out: dht_pb2.Record) -> None:
+    """
+    Fill C{out} with C{key}'s C{record}.
+    """
+    out.key = key
+    out.version = record.version
+    if record.value is None:
+        out.tombstone = True
+    else:
+        out.value = record.value
+
+
+def record_from_pb(pb: dht_pb2.Record) -> Record:
+    """
+    A protobuf record as a L{Record}.
+    """
+    return Record(pb.version, None if pb.tombstone else pb.value)

@@ -1,0 +1,174 @@
+"""
+The cluster in one process, on a fake clock and a fake network: joining,
+failure detection, 2PC across nodes, reads and stabilization.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from .cluster import Cluster
+
+
+class MembershipTests(SynchronousTestCase):
+    """
+    Gossip membership over the fake network.
+    """
+
+    def test_ten_nodes_converge(self) -> None:
+        """
+        Ten nodes joining through the first all see the same ten live members.
+        """
+        cluster = Cluster(10)
+        cluster.run(30)
+        everyone = [f"n{i}" for i in range(10)]
+        for node_id, view in cluster.live_views().items():
+            self.assertEqual(sorted(view), sorted(everyone), node_id)
+
+    def test_crashed_node_declared_dead_in_time(self) -> None:
+        """
+        A crashed node is declared dead by every other node within
+        fail_after (plus one gossip interval), and not before fail_after
+        minus one gossip interval; later it is forgotten.
+        """
+        cluster = Cluster(4)
+        cluster.run(20)
+        cluster.net.crash("n2")
+        crashed_at = cluster.clock.seconds()
+        dead_at: dict[str, float] = {}
+        while len(dead_at) < 3 and cluster.clock.seconds() - crashed_at < 60:
+            cluster.run(0.5)
+            for node in cluster.nodes:
+                member = node.membership.get("n2")
+                if node.node_id != "n2" and node.node_id not in dead_at and (
+                        member is None or member.status == "dead"):
+                    dead_at[node.node_id] = cluster.clock.seconds() - crashed_at
+        config = cluster.nodes[0].config
+        self.assertEqual(len(dead_at), 3)
+        for node_id, after in dead_at.items():
+            self.assertGreaterEqual(after, config.fail_after - config.gossip_interval, node_id)
+            self.assertLessEqual(after, config.fail_after + config.gossip_interval + 1, node_id)
+        cluster.run(config.remove_after)
+        for node in cluster.nodes:
+            if node.node_id != "n2":
+                self.assertIsNone(node.membership.get("n2"))
+
+    def test_duplicate_id_refused(self) -> None:
+        """
+        A newcomer claiming a live member's id or ring position from another
+        address is refused and does not join.
+        """
+        cluster = Cluster(3)
+        cluster.run(10)
+        errors = []
+        from twisted.logger import globalLogPublisher
+
+        def observe(event: dict) -> None:
+            if event.get("log_format", "").startswith("refused"):
+                errors.append(event["log_format"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        # n3 claims n1's ring position, joining through n0
+        impostor = cluster.add_node(3, start=False)
+        impostor.membership.update_me(tokens=(cluster.nodes[1].config.ring_id,))
+        impostor.startService()
+        cluster.run(10)
+        self.assertNotIn("n3", cluster.live_views()["n0"])
+        self.assertEqual([m.node_id for m in impostor.membership.live()], ["n3"])
+        self.assertIn("refused a peer from {address}: {why}", errors)
+        self.assertIn("refused by {address}: {why}", errors)
+
+
+class ReplicationTests(SynchronousTestCase):
+    """
+    Writes and reads across nodes.
+    """
+
+    def setUp(self) -> None:
+        self.cluster = Cluster(5)
+        self.cluster.run(20)
+
+    def test_set_get_any_node(self) -> None:
+        """
+        A write through one node is on exactly its 3 replicas and readable
+        through every node.
+        """
+        c = self.cluster.client(0)
+        self.assertEqual(c.command(b"set hello world"), b"ok\r\n")
+        holders = self.cluster.holders(b"hello")
+        self.assertEqual(sorted(holders), sorted(self.cluster.nodes[0].replicas_for(b"hello")))
+        self.assertEqual(set(holders.values()), {b"world"})
+        for i in range(5):
+            self.assertEqual(self.cluster.client(i).command(b"get hello"), b"world\r\n")
+
+    def test_mset_spanning_nodes(self) -> None:
+        """
+        An MSET whose keys live on different nodes is applied on all of
+        their replicas.
+        """
+        keys = [b"k%d" % i for i in range(20)]
+        c = self.cluster.client(3)
+        line = b"mset " + b" ".join(k + b" v" + k for k in keys)
+        self.assertEqual(c.command(line), b"ok\r\n")
+        owners = set()
+        for key in keys:
+            holders = self.cluster.holders(key)
+            owners.update(holders)
+            self.assertEqual(len(holders), 3)
+            self.assertEqual(set(holders.values()), {b"v" + key})
+        self.assertEqual(len(owners), 5)
+
+    def test_replica_down_write_fails_nothing_applied(self) -> None:
+        """
+        With a replica of the key crashed (not yet declared dead), the write
+        answers ERR and no replica applies it.
+        """
+        c = self.cluster.client(0)
+        self.assertEqual(c.command(b"set k old"), b"ok\r\n")
+        victim = [n for n in self.cluster.nodes[0].replicas_for(b"k") if n != "n0"][0]
+        self.cluster.net.crash(victim)
+        reply = c.command(b"set k new")
+        self.assertTrue(reply.startswith(b"ERR write aborted"), reply)
+        self.assertEqual(set(self.cluster.holders(b"k").values()), {b"old"})
+
+    def test_dead_replica_replaced(self) -> None:
+        """
+        Once a crashed node is declared dead, writes go to the new replica
+        set and stabilization restores 3 copies of older keys.
+        """
+        c = self.cluster.client(0)
+        for i in range(30):
+            self.assertEqual(c.command(b"set key%d val%d" % (i, i)), b"ok\r\n")
+        self.cluster.net.crash("n3")
+        self.cluster.run(40)
+        for i in range(30):
+            key = b"key%d" % i
+            holders = self.cluster.holders(key)
+            self.assertEqual(sorted(holders),
+                             sorted(self.cluster.nodes[0].replicas_for(key)), key)
+            self.assertEqual(set(holders.values()), {b"val%d" % i})
+        self.assertEqual(c.command(b"set after death"), b"ok\r\n")
+        self.assertEqual(self.cluster.client(1).command(b"get key7"), b"val7\r\n")
+
+    def test_join_moves_keys(self) -> None:
+        """
+        After a sixth node joins, every key converges to exactly its 3 new
+        owners, and reads find every key throughout.
+        """
+        c = self.cluster.client(0)
+        for i in range(40):
+            c.command(b"set key%d val%d" % (i, i))
+        self.cluster.n = 6
+        self.cluster.add_node(5)
+        self.cluster.run(1)
+        for i in range(40):
+            self.assertEqual(c.command(b"get key%d" % i), b"val%d\r\n" % i)
+        self.cluster.run(40)
+        for i in range(40):
+            key = b"key%d" % i
+            holders = self.cluster.holders(key)
+            self.assertEqual(sorted(holders),
+                             sorted(self.cluster.nodes[0].replicas_for(key)), key)
+        moved = sum("n5" in self.cluster.holders(b"key%d" % i) for i in range(40))
+        self.assertGreater(moved, 0)
