@@ -227,6 +227,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("timers", "txn_timeout", _parse_float, "15.0",
             "seconds after which an undecided transaction is resolved; no lock lives longer",
             low=0.01, high=3600),
+    Setting("timers", "leave_timeout", _parse_float, "30.0",
+            "seconds a stopping node may spend handing its keys to their new owners",
+            low=0.0, high=3600),
     Setting("timers", "tombstone_ttl", _parse_float, "86400.0",
             "seconds a delete is remembered before its tombstone is collected",
             low=0.0, high=365 * 86400),
@@ -276,6 +279,7 @@ class NodeConfig:
     stabilize_interval: float
     rpc_timeout: float
     txn_timeout: float
+    leave_timeout: float
     tombstone_ttl: float
     max_line: int
     max_key: int

@@ -43,7 +43,16 @@ from .replica import RemoteReplica
 from .ring import Ring, node_tokens
 from .server import NodeFactory, NodeProtocol
 from .store import Record, Store
-from .twopc import ABORTED, COMMITTED, PREPARED, UNKNOWN, Coordinator, LocalReplica, Participant
+from .twopc import (
+    ABORTED,
+    COMMITTED,
+    PREPARED,
+    UNKNOWN,
+    Coordinator,
+    LocalReplica,
+    Participant,
+    Vote,
+)
 from .version import NO_VERSION, HybridClock, node_tag
 from .wire import Envelope, TxnStatus, member_from_pb, member_to_pb, record_from_pb, record_to_pb
 
@@ -170,11 +179,45 @@ class DHTNode(MultiService):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop the background work, close peer links, stop listening.
+        Leave the cluster gracefully (announce it, hand the keys over, within
+        C{leave_timeout}), then close peer links and stop listening.
         """
         for loop, _ in self._loops:
             if loop.running:
                 loop.stop()
+        if self.membership.peers():
+            d = Deferred.fromCoroutine(self._leave())
+            d.addTimeout(self.config.leave_timeout, self.reactor)
+            d.addErrback(lambda f: log.warn("left without handing every key over: {why}",
+                                            why=f.getErrorMessage()))
+        else:
+            d = succeed(None)
+        return d.addCallback(lambda _: self._stop())
+
+    async def _leave(self) -> None:
+        """
+        Tell every peer this node is leaving, then push its keys to their
+        owners (the ring no longer includes this node) until all are handed
+        over.
+        """
+        peers = self.membership.peers()
+        self.membership.leave(self.reactor.seconds())
+        log.info("node {node_id} leaving: handing {count} records to {peers} peers",
+                 node_id=self.node_id, count=len(self.store), peers=len(peers))
+        env = Envelope()
+        for m in self.membership.members():
+            member_to_pb(m, env.gossip.members.add())
+        payload = env.SerializeToString()
+        await DeferredList([self._gossip_with(m.node_id, m.address, payload) for m in peers],
+                           consumeErrors=True)
+        while len(self.store):
+            before = len(self.store)
+            await self._stabilize_pass(self.membership.version)
+            if len(self.store) == before:
+                await deferLater(self.reactor, min(1.0, self.config.rpc_timeout))
+        log.info("node {node_id} handed all its keys over", node_id=self.node_id)
+
+    def _stop(self) -> Deferred[None]:
         self.coordinator.stop()
         self.pool.close()
         port, self.port = self.port, None
@@ -302,10 +345,14 @@ class DHTNode(MultiService):
                 record_to_pb(key, self.store.get(key), records.add())
         elif kind == "prepare":
             p = request.prepare
-            vote = self.participant.prepare(
-                p.txid, _writes(p.writes), list(p.participants), self._prepare_deadline(),
-                p.coordinator,
-            )
+            refusal = self._check_writes(p.writes)
+            if refusal:
+                vote = Vote(False, refusal)
+            else:
+                vote = self.participant.prepare(
+                    p.txid, _writes(p.writes), list(p.participants), self._prepare_deadline(),
+                    p.coordinator,
+                )
             v = reply.vote
             v.txid = p.txid
             v.yes = vote.yes
@@ -346,6 +393,18 @@ class DHTNode(MultiService):
         else:
             reply.error.reason = f"unknown request {kind}"
         return reply
+
+    def _check_writes(self, writes: Any) -> str:
+        """
+        Why this replica refuses C{writes} (keys or values over its limits),
+        or C{""}.
+        """
+        for w in writes:
+            if len(w.key) > self.config.max_key:
+                return f"replica {self.node_id}: key longer than its max_key"
+            if len(w.value) > self.config.max_value:
+                return f"replica {self.node_id}: value larger than its max_value"
+        return ""
 
     def _merge(self, members: list[Member]) -> None:
         changes = self.membership.merge(members, self.reactor.seconds())

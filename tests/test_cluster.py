@@ -5,9 +5,10 @@ failure detection, 2PC across nodes, reads and stabilization.
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from .cluster import Cluster
+from .cluster import Cluster, ClusterClient
 
 
 class MembershipTests(SynchronousTestCase):
@@ -172,3 +173,138 @@ class ReplicationTests(SynchronousTestCase):
                              sorted(self.cluster.nodes[0].replicas_for(key)), key)
         moved = sum("n5" in self.cluster.holders(b"key%d" % i) for i in range(40))
         self.assertGreater(moved, 0)
+
+
+class TransactionFaultTests(SynchronousTestCase):
+    """
+    2PC under faults: the coordinator dies, writes conflict.
+    """
+
+    def setUp(self) -> None:
+        self.cluster = Cluster(5)
+        self.cluster.run(20)
+        self.key = b"contested"
+        self.replicas = self.cluster.nodes[0].replicas_for(self.key)
+        # a coordinator that is not a replica of the key
+        self.coordinator = next(n for n in self.cluster.nodes if n.node_id not in self.replicas)
+        client = ClusterClient(self.cluster, self.coordinator)
+        self.assertEqual(client.command(b"set contested before"), b"ok\r\n")
+
+    def participants(self) -> list:
+        """
+        The replica nodes of the key.
+        """
+        return [n for n in self.cluster.nodes if n.node_id in self.replicas]
+
+    def crash_coordinator_at_commit(self, deliver_to: int) -> None:
+        """
+        Make the coordinator crash once it decided commit, after sending the
+        commit to C{deliver_to} participants only; then write.
+        """
+        coordinator = self.coordinator
+        net = self.cluster.net
+        real_replica = coordinator.replica
+
+        async def commit_then_crash(txid, version, writes, plan):  # type: ignore[no-untyped-def]
+            for node in sorted(plan)[:deliver_to]:
+                real_replica(node).commit(txid, version)
+            net.flush()
+            net.crash(coordinator.node_id)
+            self.crashed_at = self.cluster.clock.seconds()
+            await Deferred()  # never answers
+
+        coordinator.coordinator._commit = commit_then_crash  # type: ignore[method-assign]
+        client = ClusterClient(self.cluster, coordinator)
+        client.protocol.dataReceived(b"set contested after\n")
+        self.cluster.run(1)
+        self.assertEqual(client.take(), b"")  # the client never heard ok
+
+    def test_coordinator_dies_before_commit(self) -> None:
+        """
+        Prepared participants whose coordinator died before sending commit
+        resolve the transaction by abort within txn_timeout: locks released,
+        old value everywhere.
+        """
+        self.crash_coordinator_at_commit(0)
+        self.assertEqual([n.participant.locked_keys for n in self.participants()], [1, 1, 1])
+        config = self.coordinator.config
+        self.cluster.run(config.txn_timeout - config.rpc_timeout - 1)
+        self.assertEqual([n.participant.locked_keys for n in self.participants()], [1, 1, 1])
+        self.cluster.run(config.rpc_timeout + 1)
+        self.assertEqual([n.participant.locked_keys for n in self.participants()], [0, 0, 0])
+        self.assertEqual([n.participant.in_doubt for n in self.participants()], [0, 0, 0])
+        self.assertEqual(set(self.cluster.holders(self.key).values()), {b"before"})
+        reply = ClusterClient(self.cluster, self.participants()[0]).command(b"set contested x")
+        self.assertEqual(reply, b"ok\r\n")
+
+    def test_coordinator_dies_after_one_commit(self) -> None:
+        """
+        When one participant got the commit before the coordinator died, the
+        others learn it from that participant and commit too.
+        """
+        self.crash_coordinator_at_commit(1)
+        # resolution, before anyone declares the coordinator dead (and
+        # stabilization could spread the value)
+        config = self.coordinator.config
+        self.cluster.run(config.txn_timeout - config.rpc_timeout + 1)
+        self.assertLess(self.cluster.clock.seconds() - self.crashed_at, config.fail_after)
+        self.assertEqual(sum(n.stats["resolved"] for n in self.participants()), 2)
+        self.assertEqual(set(self.cluster.holders(self.key).values()), {b"after"})
+        self.assertEqual([n.participant.locked_keys for n in self.participants()], [0, 0, 0])
+        versions = {n.store.get(self.key).version for n in self.participants()}
+        self.assertEqual(len(versions), 1)
+
+    def test_conflicting_writes_never_disagree(self) -> None:
+        """
+        Pairs of writes to one key started at once through different nodes:
+        each answers ok or ERR, and afterwards every replica holds the same
+        version, whose value is the last write answered ok.
+        """
+        nodes = self.cluster.nodes
+        for round_ in range(10):
+            a = ClusterClient(self.cluster, nodes[round_ % 5])
+            b = ClusterClient(self.cluster, nodes[(round_ + 2) % 5])
+            a.protocol.dataReceived(b"set contested a%d\n" % round_)
+            b.protocol.dataReceived(b"set contested b%d\n" % round_)
+            self.cluster.run(2, step=0.01)
+            replies = {b"a%d" % round_: a.take(), b"b%d" % round_: b.take()}
+            for reply in replies.values():
+                self.assertTrue(reply == b"ok\r\n" or reply.startswith(b"ERR"), reply)
+            records = {n.store.get(self.key) for n in self.participants()}
+            self.assertEqual(len(records), 1, records)
+            value = records.pop().value
+            if any(r == b"ok\r\n" for r in replies.values()):
+                self.assertEqual(replies[value], b"ok\r\n")
+
+
+class LeaveTests(SynchronousTestCase):
+    """
+    A node stopping gracefully hands its keys over.
+    """
+
+    def test_graceful_leave(self) -> None:
+        """
+        A node that stops announces it leaves and pushes its keys to their
+        new owners before it is gone; every key stays on 3 live replicas.
+        """
+        cluster = Cluster(5)
+        cluster.run(20)
+        c = cluster.client(0)
+        for i in range(50):
+            self.assertEqual(c.command(b"set key%d val%d" % (i, i)), b"ok\r\n")
+        leaving = cluster.nodes[2]
+        d = leaving.stopService()
+        cluster.run(5)
+        self.successResultOf(d)
+        self.assertEqual(len(leaving.store), 0)
+        cluster.net.down.add("n2")
+        for node in cluster.nodes:
+            if node is not leaving:
+                self.assertEqual(node.membership.get("n2").status, "left")
+        for i in range(50):
+            key = b"key%d" % i
+            holders = cluster.holders(key)
+            self.assertEqual(len(holders), 3, key)
+            self.assertNotIn("n2", holders)
+            self.assertEqual(set(holders.values()), {b"val%d" % i})
+        self.assertEqual(cluster.client(1).command(b"get key3"), b"val3\r\n")
