@@ -308,3 +308,58 @@ class LeaveTests(SynchronousTestCase):
             self.assertNotIn("n2", holders)
             self.assertEqual(set(holders.values()), {b"val%d" % i})
         self.assertEqual(cluster.client(1).command(b"get key3"), b"val3\r\n")
+
+
+class StaleReplicaTests(SynchronousTestCase):
+    """
+    Versions decide, whatever order records arrive in.
+    """
+
+    def test_partitioned_replica_does_not_overwrite_newer_value(self) -> None:
+        """
+        A replica cut off long enough to be declared dead misses a newer
+        write; when it comes back and pushes its stale copy, every replica
+        keeps the newer value (the reference lost it).
+        """
+        cluster = Cluster(5)
+        cluster.run(20)
+        c = cluster.client(0)
+        self.assertEqual(c.command(b"set k old"), b"ok\r\n")
+        stale = [n for n in cluster.nodes[0].replicas_for(b"k") if n != "n0"][0]
+        for other in cluster.nodes:
+            if other.node_id != stale:
+                cluster.net.cut.add(frozenset((stale, other.node_id)))
+        cluster.run(25)
+        self.assertNotIn(stale, cluster.live_views()["n0"])
+        self.assertEqual(c.command(b"set k new"), b"ok\r\n")
+        cluster.net.cut.clear()
+        cluster.run(40)
+        self.assertIn(stale, cluster.live_views()["n0"])
+        holders = cluster.holders(b"k")
+        self.assertEqual(sorted(holders), sorted(cluster.nodes[0].replicas_for(b"k")))
+        self.assertEqual(set(holders.values()), {b"new"})
+        self.assertEqual(cluster.client(3).command(b"get k"), b"new\r\n")
+
+    def test_new_replica_without_data_does_not_hide_keys(self) -> None:
+        """
+        Right after a node joins, before stabilization gives it any data,
+        every key still reads back through every node.
+        """
+        cluster = Cluster(5, stabilize_interval=3600.0)
+        cluster.run(20)
+        c = cluster.client(0)
+        for i in range(40):
+            self.assertEqual(c.command(b"set key%d val%d" % (i, i)), b"ok\r\n")
+        cluster.n = 6
+        newcomer = cluster.add_node(5)
+        cluster.run(20)
+        for view in cluster.live_views().values():
+            self.assertIn("n5", view)
+        self.assertEqual(len(newcomer.store), 0)
+        primaries = [i for i in range(40)
+                     if cluster.nodes[0].replicas_for(b"key%d" % i)[0] == "n5"]
+        self.assertTrue(primaries)
+        for node in range(6):
+            reader = cluster.client(node)
+            for i in range(40):
+                self.assertEqual(reader.command(b"get key%d" % i), b"val%d\r\n" % i)
