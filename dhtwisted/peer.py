@@ -20,7 +20,7 @@ import itertools
 from typing import Any, Callable, Optional, Protocol, Union
 
 from google.protobuf.message import DecodeError
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -117,6 +117,7 @@ class PeerProtocol(Int32StringReceiver):
         self._pending: dict[int, Deferred[Envelope]] = {}
         self._ready: list[Deferred[PeerProtocol]] = []
         self._preamble = None if dialer else b""  # acceptor: bytes of the preamble seen
+        self._closing = False
 
     @property
     def peer_id(self) -> Optional[str]:
@@ -152,10 +153,9 @@ class PeerProtocol(Int32StringReceiver):
             self.transport.write(PREAMBLE)
             hello = Envelope()
             member_to_pb(self.node.me(), hello.hello.member)
-            (
-                self._call(hello)
-                .addCallbacks(self._welcomed, self._refused)
-            )
+            # a bad Welcome (or a node that cannot take it) fails the
+            # handshake too, rather than leaving it waiting forever
+            self._call(hello).addCallback(self._welcomed).addErrback(self._refused)
 
     def _welcomed(self, reply: Envelope) -> None:
         if reply.WhichOneof("body") != "welcome":
@@ -167,11 +167,13 @@ class PeerProtocol(Int32StringReceiver):
         self._fire_ready()
 
     def _refused(self, failure: Failure) -> None:
-        if failure.check(PeerError):
+        if failure.check(PeerError, ValueError):
             log.error("refused by {address}: {why}", address=self._address(),
                       why=failure.getErrorMessage())
+        elif not failure.check(PeerDisconnected, TimeoutError):
+            log.failure("handshake with {address} failed", failure, address=self._address())
         self._fail_ready(failure)
-        self.transport.loseConnection()
+        self._close()
 
     def _fire_ready(self) -> None:
         ready, self._ready = self._ready, []
@@ -187,10 +189,19 @@ class PeerProtocol(Int32StringReceiver):
         peer = self.transport.getPeer() if self.transport else None
         return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
 
+    def _close(self) -> None:
+        """
+        Close the link and read nothing more from it.
+        """
+        self._closing = True
+        self.transport.loseConnection()
+
     def dataReceived(self, data: bytes) -> None:
         """
         On the accepting end, check the preamble first.
         """
+        if self._closing:
+            return
         if self._preamble is not None and len(self._preamble) < len(PREAMBLE):
             need = len(PREAMBLE) - len(self._preamble)
             self._preamble += data[:need]
@@ -199,7 +210,7 @@ class PeerProtocol(Int32StringReceiver):
                 log.warn("closed a peer link from {address}: protocol version {got!r}, "
                          "this node speaks {want!r}", address=self._address(),
                          got=self._preamble[4:], want=PREAMBLE[4:])
-                self.transport.loseConnection()
+                self._close()
                 return
             if len(self._preamble) < len(PREAMBLE) or not data:
                 return
@@ -211,21 +222,23 @@ class PeerProtocol(Int32StringReceiver):
         """
         log.warn("closed the peer link to {peer}: frame of {length} bytes is over max_frame",
                  peer=self.peer_id or self._address(), length=length)
-        self.transport.loseConnection()
+        self._close()
 
     def stringReceived(self, data: bytes) -> None:
         """
         Handle the envelopes of one frame.
         """
+        if self._closing:
+            return
         try:
             frame = Frame.FromString(data)
         except DecodeError:
             log.warn("closed the peer link to {peer}: undecodable frame",
                      peer=self.peer_id or self._address())
-            self.transport.loseConnection()
+            self._close()
             return
         for envelope in frame.envelopes:
-            if not self.connected:
+            if not self.connected or self._closing:
                 return
             if envelope.reply:
                 d = self._pending.pop(envelope.request_id, None)
@@ -240,7 +253,7 @@ class PeerProtocol(Int32StringReceiver):
             if kind != "hello" or self.dialer:
                 log.warn("closed a peer link from {address}: {kind} before hello",
                          address=self._address(), kind=kind)
-                self.transport.loseConnection()
+                self._close()
                 return
             self._hello(envelope)
             return
@@ -262,7 +275,7 @@ class PeerProtocol(Int32StringReceiver):
             self.peer = None
             log.error("refused a peer from {address}: {why}", address=self._address(), why=str(e))
             self._reply(_error_reply(e), envelope.request_id)
-            self.transport.loseConnection()
+            self._close()
             return
         reply = Envelope()
         member_to_pb(self.node.me(), reply.welcome.member)
