@@ -181,6 +181,8 @@ class Participant:
         """
         txn = self._prepared.pop(txid, None)
         if txn is None:
+            # remember it, so that a prepare arriving late is refused
+            self._decided.setdefault(txid, (ABORTED, NO_VERSION, self._now()))
             return False
         self._unlock(txn)
         self._decided[txid] = (ABORTED, NO_VERSION, self._now())
@@ -501,9 +503,14 @@ class Coordinator:
         for index, key in enumerate(keys):
             groups.setdefault(tuple(self._replicas_for(key)), []).append(index)
         values: list[Optional[bytes]] = [None] * len(keys)
-        for nodes, indexes in groups.items():
-            wanted = [keys[i] for i in indexes]
-            records = await self._read_from(nodes, wanted, quorum)
+        reads = [
+            Deferred.fromCoroutine(self._read_from(nodes, [keys[i] for i in indexes], quorum))
+            for nodes, indexes in groups.items()
+        ]
+        results = await DeferredList(reads, consumeErrors=True)
+        for indexes, (ok, records) in zip(groups.values(), results):
+            if not ok:
+                records.raiseException()
             for index, record in zip(indexes, records):
                 values[index] = record.value
         return values

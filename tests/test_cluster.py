@@ -363,3 +363,51 @@ class StaleReplicaTests(SynchronousTestCase):
             reader = cluster.client(node)
             for i in range(40):
                 self.assertEqual(reader.command(b"get key%d" % i), b"val%d\r\n" % i)
+
+
+class AbortTests(SynchronousTestCase):
+    """
+    Writes that cannot commit everywhere commit nowhere, over the network.
+    """
+
+    def setUp(self) -> None:
+        self.cluster = Cluster(5)
+        self.cluster.run(20)
+        self.client = self.cluster.client(0)
+        self.assertEqual(self.client.command(b"mset a 1 b 2 c 3 d 4 e 5 f 6"), b"ok\r\n")
+
+    def test_abort_on_no_vote(self) -> None:
+        """
+        A replica holding a lock of another transaction votes no; after the
+        retries the MSET answers ERR and none of its keys changed anywhere.
+        """
+        replica = next(n for n in self.cluster.nodes
+                       if n.node_id in n.replicas_for(b"d") and n.node_id != "n0")
+        replica.participant.prepare("someone:1:1", [(b"d", b"x")], [replica.node_id],
+                                    self.cluster.clock.seconds() + 1000)
+        reply = self.client.command(b"mset a 10 b 20 c 30 d 40 e 50 f 60")
+        self.assertTrue(reply.startswith(b"ERR write aborted, nothing applied (conflict"), reply)
+        for key, value in zip(b"abcdef", b"123456"):
+            self.assertEqual(set(self.cluster.holders(bytes([key])).values()), {bytes([value])})
+        self.assertEqual(self.cluster.nodes[0].coordinator.stats["retries"], 3)
+
+    def test_abort_on_prepare_timeout(self) -> None:
+        """
+        A replica cut off from the coordinator (not yet declared dead) never
+        answers prepare: after rpc_timeout the write answers ERR and nothing
+        is applied; the cut-off replica resolves its prepared transaction by
+        abort once the link heals.
+        """
+        victim = next(n for n in self.cluster.nodes[0].replicas_for(b"e") if n != "n0")
+        self.cluster.net.cut.add(frozenset(("n0", victim)))
+        # the link exists: bytes are held back, as with a hung peer
+        reply = self.client.command(b"mset a 10 e 50", within=10)
+        self.assertTrue(reply.startswith(b"ERR write aborted"), reply)
+        self.assertIn(b"did not answer", reply)
+        for key, value in [(b"a", b"1"), (b"e", b"5")]:
+            self.assertEqual(set(self.cluster.holders(key).values()), {value})
+        self.cluster.net.cut.clear()
+        self.cluster.run(self.cluster.nodes[0].config.txn_timeout)
+        for node in self.cluster.nodes:
+            self.assertEqual(node.participant.locked_keys, 0, node.node_id)
+        self.assertEqual(self.client.command(b"set e 500"), b"ok\r\n")

@@ -89,6 +89,16 @@ class ParticipantTests(SynchronousTestCase):
         self.assertEqual(self.participant.locked_keys, 0)
         self.assertEqual(self.participant.status("t1"), ("committed", self.version))
 
+    def test_prepare_after_abort_refused(self) -> None:
+        """
+        A prepare that arrives after the abort of its transaction (messages
+        reordered) votes no and locks nothing.
+        """
+        self.assertFalse(self.participant.abort("t9"))
+        vote = self.participant.prepare("t9", [(b"a", b"1")], ["n"], 2000)
+        self.assertFalse(vote.yes)
+        self.assertEqual(self.participant.locked_keys, 0)
+
     def test_commit_with_writes_after_abort(self) -> None:
         """
         A participant that gave up on a transaction still applies a later
