@@ -228,3 +228,47 @@ class AtomicityTests(SynchronousTestCase):
         for i in range(4):
             got = client("127.0.0.1", base + i, f"mget {' '.join(keys)}\n".encode())
             self.assertEqual(got, "".join(f"v{k}\n" for k in keys))
+
+
+class GracefulStopTests(SynchronousTestCase):
+    """
+    SIGTERM makes a node hand its keys over before it exits.
+    """
+
+    def test_sigterm_hands_keys_over(self) -> None:
+        """
+        After SIGTERM to one of four nodes, it logs that it handed its keys
+        over and shuts down cleanly (twistd then exits by the same signal);
+        every key reads back and sits on 3 replicas.
+        """
+        base = free_block(4)
+        nodes = []
+        for i in range(4):
+            ini = (f"[node]\nnode_id = g{i}\nlisten = 127.0.0.1:{base + i}\n"
+                   f"ring_id = {i * 16384}\n[cluster]\ngossip_interval = 0.5\n"
+                   f"seeds = 127.0.0.1:{base}\n")
+            node = NodeProcess([], ini=ini)
+            self.addCleanup(node.stop)
+            nodes.append(node)
+        for i in range(4):
+            wait_members("127.0.0.1", base + i, 4)
+        keys = [f"key{i}" for i in range(30)]
+        pairs = " ".join(f"{k} v{k}" for k in keys)
+        self.assertEqual(client("127.0.0.1", base, f"mset {pairs}\n".encode()), "ok\n")
+        leaving = nodes[2]
+        leaving.process.send_signal(signal.SIGTERM)
+        self.assertEqual(leaving.process.wait(60), -signal.SIGTERM)
+        self.assertIn("handed all its keys over", leaving.log())
+        self.assertIn("Server Shut Down.", leaving.log())
+        expected = "".join(f"v{k}\n" for k in keys)
+        for i in (0, 1, 3):
+            got = client("127.0.0.1", base + i, f"mget {' '.join(keys)}\n".encode())
+            self.assertEqual(got, expected)
+        # with 3 nodes left and 3 replicas, every node holds every key
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            counts = [client("127.0.0.1", base + i, b"info keyspace\n") for i in (0, 1, 3)]
+            if all("keys:30\n" in c for c in counts):
+                break
+            time.sleep(0.5)
+        self.assertTrue(all("keys:30\n" in c for c in counts), counts)
