@@ -108,12 +108,16 @@ class Commands:
     :param node: the node.
     :param max_key: the longest key accepted.
     :param max_value: the largest value accepted.
+    :param max_write: the most bytes of keys and values one write command
+        may carry (it travels to each replica in one message).
     """
 
-    def __init__(self, node: NodeAPI, max_key: int, max_value: int) -> None:
+    def __init__(self, node: NodeAPI, max_key: int, max_value: int,
+                 max_write: Optional[int] = None) -> None:
         self._node = node
         self._max_key = max_key
         self._max_value = max_value
+        self._max_write = max_write
         self.calls: Counter[str] = Counter()
         self.errors = 0
 
@@ -163,10 +167,15 @@ class Commands:
     def _write(
         self, writes: list[tuple[bytes, Optional[bytes]]], reply: Callable[[list[bool]], Reply]
     ) -> Union[Reply, Deferred[Reply]]:
+        total = 0
         for key, value in writes:
             error = self._check_key(key) or (value is not None and self._check_value(value))
             if error:
                 return error
+            total += len(key) + len(value or b"")
+        if self._max_write is not None and total > self._max_write:
+            return ErrorReply(f"write too large: {total} bytes of keys and values, "
+                              f"at most {self._max_write} (half of max_frame)")
         return self._settle(self._node.write(writes), reply)
 
     def _settle(self, d: Deferred, reply: Callable) -> Deferred[Reply]:

@@ -232,7 +232,7 @@ SCHEMA: tuple[Setting, ...] = (
             low=0.0, high=3600),
     Setting("timers", "tombstone_ttl", _parse_float, "86400.0",
             "seconds a delete is remembered before its tombstone is collected",
-            low=0.0, high=365 * 86400),
+            low=1.0, high=365 * 86400),
     # [limits]
     Setting("limits", "max_line", _parse_size, "8MiB",
             "longest client command line, in bytes (room for a quoted max_value)",
@@ -319,6 +319,10 @@ class NodeConfig:
         if self.remove_after < self.fail_after:
             fail("cluster", "remove_after",
                  f"must be at least fail_after ({self.fail_after})")
+        if self.tombstone_ttl <= self.remove_after:
+            fail("timers", "tombstone_ttl",
+                 f"must be longer than remove_after ({self.remove_after}): a node away "
+                 "longer than a delete is remembered could bring the deleted value back")
         if self.txn_timeout <= self.rpc_timeout:
             fail("timers", "txn_timeout",
                  f"must be longer than rpc_timeout ({self.rpc_timeout})")

@@ -95,6 +95,7 @@ class Membership:
         # members forgotten: id -> (generation, heartbeat) last known, so
         # that stale gossip does not bring them back
         self._forgotten: dict[str, tuple[int, int]] = {}
+        self._forgotten_at: dict[str, str] = {}  # id -> last known address
         self.version = 0  # increases whenever the set of live members changes
 
     # -- reading
@@ -136,6 +137,13 @@ class Membership:
         Node id to tokens, for the live members.
         """
         return {m.node_id: m.tokens for m in self.live()}
+
+    def forgotten_addresses(self) -> list[str]:
+        """
+        The addresses of members forgotten after they died: a partition
+        that heals late is found again by probing them.
+        """
+        return sorted(set(self._forgotten_at.values()))
 
     def heard(self, node_id: str) -> float:
         """
@@ -220,6 +228,7 @@ class Membership:
             if member.status not in _LIVE:
                 return None  # no need to learn of the dead
             self._forgotten.pop(member.node_id, None)
+            self._forgotten_at.pop(member.node_id, None)
             self._entries[member.node_id] = _Entry(dataclasses.replace(member, status=ALIVE), now)
             return (member.node_id, "", ALIVE)
         known = entry.member
@@ -260,6 +269,8 @@ class Membership:
             if member.status in (DEAD, LEFT) and age >= self._remove_after:
                 del self._entries[node_id]
                 self._forgotten[node_id] = (member.generation, member.heartbeat)
+                if member.status == DEAD:
+                    self._forgotten_at[node_id] = member.address
                 changes.append((node_id, member.status, ""))
                 continue
             status = member.status

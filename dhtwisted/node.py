@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -53,7 +53,7 @@ from .twopc import (
     Participant,
     Vote,
 )
-from .version import NO_VERSION, HybridClock, node_tag
+from .version import NO_VERSION, VERSION_SIZE, HybridClock, node_tag
 from .wire import Envelope, TxnStatus, member_from_pb, member_to_pb, record_from_pb, record_to_pb
 
 __all__ = ["DHTNode"]
@@ -67,7 +67,9 @@ _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
 #: Records per push message, and per slice of a stabilization pass.
 PUSH_BATCH = 500
 #: Every this many stabilization rounds, a full pass runs even if nothing changed.
-FULL_PASS_EVERY = 12
+FULL_PASS_EVERY = 6
+#: The chance, each gossip round, of also probing a seed or a forgotten member.
+PROBE_CHANCE = 0.25
 
 Connect = Callable[[str, PeerFactory], Deferred[PeerProtocol]]
 
@@ -109,9 +111,10 @@ class DHTNode(MultiService):
         )
         self.coordinator = Coordinator(
             self.node_id, self.clock, reactor, self.replicas_for, self.replica,
-            rpc_timeout=config.rpc_timeout, rng=self.rng, is_live=self._is_live, keep=keep,
+            rpc_timeout=config.rpc_timeout, rng=self.rng, is_member=self._is_member, keep=keep,
         )
-        self.commands = Commands(self, config.max_key, config.max_value)
+        self.commands = Commands(self, config.max_key, config.max_value,
+                                 max_write=config.max_frame // 2)
         self.factory = NodeFactory(
             self.commands,
             max_line=config.max_line,
@@ -244,9 +247,9 @@ class DHTNode(MultiService):
         """
         return self.ring.preference_list(key, self.config.replicas)
 
-    def _is_live(self, node_id: str) -> bool:
+    def _is_member(self, node_id: str) -> bool:
         member = self.membership.get(node_id)
-        return member is not None and member.live
+        return member is not None and member.status != LEFT
 
     def replica(self, node_id: str) -> IReplica:
         """
@@ -340,9 +343,15 @@ class DHTNode(MultiService):
             for m in self.membership.members():
                 member_to_pb(m, reply.gossip.members.add())
         elif kind == "get":
+            # at most half a frame of values: the caller asks again for the rest
             records = reply.get_reply.records
+            budget = self.config.max_frame // 2
             for key in request.get.keys:
-                record_to_pb(key, self.store.get(key), records.add())
+                record = self.store.get(key)
+                budget -= len(key) + len(record.value or b"") + 32
+                if budget < 0 and len(records):
+                    break
+                record_to_pb(key, record, records.add())
         elif kind == "prepare":
             p = request.prepare
             refusal = self._check_writes(p.writes)
@@ -362,6 +371,9 @@ class DHTNode(MultiService):
             v.existed.extend(vote.existed)
         elif kind == "commit":
             c = request.commit
+            if len(c.version) != VERSION_SIZE:
+                reply.error.reason = "commit without a valid version"
+                return reply
             done = self.participant.commit(c.txid, c.version,
                                            _writes(c.writes) if c.writes else None)
             reply.txn_status.txid = c.txid
@@ -382,10 +394,12 @@ class DHTNode(MultiService):
             stored = reply.push_ack.stored
             for r in request.push.records:
                 record = record_from_pb(r)
-                if len(record.version) != 12:
+                if len(record.version) != VERSION_SIZE:
                     continue
                 self.clock.observe(record.version)
-                self.store.apply(r.key, record.version, record.value)
+                if self.store.apply(r.key, record.version, record.value) and (
+                        self.node_id not in self.replicas_for(r.key)):
+                    self._holds_foreign = True
                 if self.store.version_of(r.key) >= record.version:
                     stored.append(r.key)
         elif kind == "ping":
@@ -501,9 +515,18 @@ class DHTNode(MultiService):
             if gone:
                 m = self.rng.choice(gone)
                 targets.append((m.node_id, m.address))
+            mine = str(self.address or self.config.listen)
             if not peers:
-                mine = str(self.address or self.config.listen)
                 targets += [(None, str(seed)) for seed in self.config.seeds if str(seed) != mine]
+            else:
+                # now and then a seed or a forgotten member: after a long
+                # partition both sides have forgotten each other
+                known = {m.address for m in peers}
+                probes = [a for a in [str(seed) for seed in self.config.seeds]
+                          + self.membership.forgotten_addresses()
+                          if a != mine and a not in known]
+                if probes and self.rng.random() < PROBE_CHANCE:
+                    targets.append((None, self.rng.choice(probes)))
             env = Envelope()
             for m in self.membership.members():
                 member_to_pb(m, env.gossip.members.add())
@@ -559,12 +582,14 @@ class DHTNode(MultiService):
             batch = keys[start : start + PUSH_BATCH]
             plans: dict[str, list[tuple[bytes, Record]]] = {}
             owners_of: dict[bytes, list[str]] = {}
+            pushed: dict[bytes, bytes] = {}
             for key in batch:
                 record = self.store.get(key)
                 if record.version == NO_VERSION:
                     continue
                 owners = self.replicas_for(key)
                 owners_of[key] = owners
+                pushed[key] = record.version
                 for owner in owners:
                     if owner != self.node_id:
                         plans.setdefault(owner, []).append((key, record))
@@ -581,31 +606,38 @@ class DHTNode(MultiService):
             for key, owners in owners_of.items():
                 if self.node_id in owners:
                     continue
-                foreign = True
-                if all(key in acked.get(o, ()) for o in owners):
-                    record_version = self.store.version_of(key)
-                    if self.store.drop(key, record_version):
-                        self.stats["handed_off"] += 1
+                # drop only the version the owners acknowledged: a newer one
+                # may have arrived meanwhile, and it is not theirs yet
+                if all(key in acked.get(o, ()) for o in owners) and self.store.drop(
+                        key, pushed[key]):
+                    self.stats["handed_off"] += 1
+                else:
+                    foreign = True
             # let the reactor serve clients between slices
             await deferLater(self.reactor, 0)
         if complete:
             self._stable_version = version
-        self._holds_foreign = foreign and not complete
+        # keys this node could not hand over yet: try again next round
+        self._holds_foreign = foreign
 
     def _push(self, owner: str, records: list[tuple[bytes, Record]]) -> Deferred[set[bytes]]:
-        env = Envelope()
-        for key, record in records:
-            record_to_pb(key, record, env.push.records.add())
+        """
+        Push C{records} to C{owner} in messages of at most half a frame;
+        fire with the keys it acknowledged.
+        """
+        return Deferred.fromCoroutine(self._push_all(owner, records))
 
-        def stored(reply: Envelope) -> set[bytes]:
-            self.stats["pushed"] += len(records)
-            return set(reply.push_ack.stored)
-
-        return (
-            self._link(owner)
-            .addCallback(lambda link: link.call(env))
-            .addCallback(stored)
-        )
+    async def _push_all(self, owner: str, records: list[tuple[bytes, Record]]) -> set[bytes]:
+        stored: set[bytes] = set()
+        for chunk in _chunks(records, self.config.max_frame // 2):
+            env = Envelope()
+            for key, record in chunk:
+                record_to_pb(key, record, env.push.records.add())
+            link = await self._link(owner)
+            reply = await link.call(env)
+            self.stats["pushed"] += len(chunk)
+            stored.update(reply.push_ack.stored)
+        return stored
 
     # -- INFO and MEMBERS
 
@@ -684,3 +716,21 @@ class DHTNode(MultiService):
 
 def _writes(pb_writes: Any) -> list[tuple[bytes, Optional[bytes]]]:
     return [(w.key, None if w.delete else w.value) for w in pb_writes]
+
+
+def _chunks(records: list[tuple[bytes, Record]], budget: int
+            ) -> Iterator[list[tuple[bytes, Record]]]:
+    """
+    C{records} in runs of at most C{budget} bytes (at least one record each).
+    """
+    chunk: list[tuple[bytes, Record]] = []
+    size = 0
+    for key, record in records:
+        cost = len(key) + len(record.value or b"") + 32
+        if chunk and size + cost > budget:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((key, record))
+        size += cost
+    if chunk:
+        yield chunk

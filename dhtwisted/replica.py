@@ -105,13 +105,17 @@ class RemoteReplica:
         """
         See L{IReplica.read}.
         """
-        env = Envelope()
-        env.get.keys.extend(keys)
+        return Deferred.fromCoroutine(self._read(keys))
 
-        def records(reply: Envelope) -> list[Record]:
-            got = [record_from_pb(r) for r in reply.get_reply.records]
-            if len(got) != len(keys):
-                raise PeerError(f"asked {len(keys)} keys, got {len(got)} records")
-            return got
-
-        return self._call(env, "get_reply").addCallback(records)
+    async def _read(self, keys: list[bytes]) -> list[Record]:
+        # a peer answers at most half a frame of values: ask again for the rest
+        got: list[Record] = []
+        while len(got) < len(keys):
+            env = Envelope()
+            env.get.keys.extend(keys[len(got):])
+            reply = await self._call(env, "get_reply")
+            records = reply.get_reply.records
+            if not records or len(records) > len(keys) - len(got):
+                raise PeerError(f"asked {len(keys) - len(got)} keys, got {len(records)} records")
+            got.extend(record_from_pb(r) for r in records)
+        return got

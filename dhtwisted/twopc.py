@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -208,7 +208,13 @@ class Participant:
         C{(txid, coordinator, participants)}; forgets old outcomes.
         """
         cutoff = now - self._keep
-        for txid in [t for t, (_, _, when) in self._decided.items() if when < cutoff]:
+        # outcomes are inserted in time order: the old ones come first
+        old = []
+        for txid, (_, _, when) in self._decided.items():
+            if when >= cutoff:
+                break
+            old.append(txid)
+        for txid in old:
             del self._decided[txid]
         return [(t.txid, t.coordinator, t.participants)
                 for t in self._prepared.values() if t.deadline <= now]
@@ -274,8 +280,8 @@ class Coordinator:
     :param replica: a node id to that node as an L{IReplica}.
     :param rpc_timeout: seconds a replica has to answer each request.
     :param retries: how many times a write that met a lock conflict is tried again.
-    :param is_live: whether a node is still a live member (commits to it
-        are retried while it is).
+    :param is_member: whether a node is still a member, alive or not (a
+        commit it did not confirm is sent again while it is).
     :param keep: seconds a decision is remembered for participants that ask.
     """
 
@@ -289,7 +295,7 @@ class Coordinator:
         rpc_timeout: float = 5.0,
         retries: int = 3,
         rng: Optional[random.Random] = None,
-        is_live: Callable[[str], bool] = lambda node: True,
+        is_member: Callable[[str], bool] = lambda node: True,
         keep: float = 600.0,
     ) -> None:
         self._node_id = node_id
@@ -300,7 +306,7 @@ class Coordinator:
         self._timeout = rpc_timeout
         self._retries = retries
         self._rng = rng or random.Random()
-        self._is_live = is_live
+        self._is_member = is_member
         self._keep = keep
         self._ids = itertools.count(1)
         self._generation = int(reactor.seconds() * 1000)
@@ -335,7 +341,13 @@ class Coordinator:
         Forget decisions older than C{keep}.
         """
         cutoff = self._reactor.seconds() - self._keep
-        for txid in [t for t, (_, when) in self._decisions.items() if when < cutoff]:
+        # decisions are inserted in time order: the old ones come first
+        old = []
+        for txid, (_, when) in self._decisions.items():
+            if when >= cutoff:
+                break
+            old.append(txid)
+        for txid in old:
             del self._decisions[txid]
 
     def stop(self) -> None:
@@ -448,7 +460,7 @@ class Coordinator:
     def _redeliver(self, txid: str, version: bytes, node: str, writes: list[Write]) -> None:
         def again() -> None:
             del self._redelivery[(txid, node)]
-            if not self._is_live(node):
+            if not self._is_member(node):
                 log.info("gave up sending commit {txid} to {peer}: no longer a member",
                          txid=txid, peer=node)
                 return
@@ -546,8 +558,18 @@ class Coordinator:
                 "no replica answered the read (" + "; ".join(errors) + ")"
                 if errors else "no live replica for the key"
             )
+        if errors and answered < len(nodes) // 2 + 1 and any(
+                r.version == NO_VERSION for r in newest):
+            # "missing" from a minority may only mean those replicas are new
+            # to the key: say so rather than answer (nil) for a key that exists
+            raise TransactionFailed(
+                "key not found on the replicas that answered, and the others did not ("
+                + "; ".join(errors) + ")"
+            )
         return newest
 
 
 def _describe(failure: Failure) -> str:
+    if failure.check(TimeoutError):
+        return "timed out"
     return failure.getErrorMessage() or failure.type.__name__

@@ -17,12 +17,14 @@ import struct
 import zlib
 from typing import Callable
 
-__all__ = ["HybridClock", "NO_VERSION", "node_tag", "version_millis"]
+__all__ = ["HybridClock", "NO_VERSION", "VERSION_SIZE", "node_tag", "version_millis"]
 
 #: The version of a key that was never written: older than every real version.
 NO_VERSION = b""
 
 _PACK = struct.Struct(">QI")
+#: The size of a version in bytes.
+VERSION_SIZE = _PACK.size
 _LOGICAL_BITS = 16
 _LOGICAL_MAX = (1 << _LOGICAL_BITS) - 1
 

@@ -411,3 +411,156 @@ class AbortTests(SynchronousTestCase):
         for node in self.cluster.nodes:
             self.assertEqual(node.participant.locked_keys, 0, node.node_id)
         self.assertEqual(self.client.command(b"set e 500"), b"ok\r\n")
+
+
+def _cut(cluster: Cluster, side_a: list, side_b: list, reset: bool = True) -> None:
+    """
+    Partition C{side_a} from C{side_b}; with C{reset}, their open links
+    are reset as a real network failure would.
+    """
+    for a in side_a:
+        for b in side_b:
+            cluster.net.cut.add(frozenset((a, b)))
+    if reset:
+        for a, b, pump in list(cluster.net.pumps):
+            if frozenset((a, b)) in cluster.net.cut:
+                for io in (pump.clientIO, pump.serverIO):
+                    if not io.disconnected:
+                        io.disconnected = True
+                        io.reportDisconnect()
+
+
+class ReviewRegressionTests(SynchronousTestCase):
+    """
+    Scenarios found by reading the protocol against the guarantees.
+    """
+
+    def test_handoff_keeps_newer_write(self) -> None:
+        """
+        A node handing a key to a new owner does not drop a newer version
+        committed on it while the push was in flight.
+        """
+        from twisted.internet.task import deferLater
+
+        from dhtwisted.ring import key_position
+
+        cluster = Cluster(3, replicas=1)
+        cluster.run(20)
+        key = b"k1"
+        self.assertEqual(cluster.client(0).command(b"set k1 v1"), b"ok\r\n")
+        old_owner = next(n for n in cluster.nodes if n.node_id in cluster.holders(key))
+        old_owner._loops[2][0].stop()  # passes run only when the test says
+        newcomer = cluster.add_node(3, start=False, seed=int(old_owner.node_id[1:]))
+        newcomer.membership.update_me(tokens=(key_position(key, 65536),))
+        newcomer.startService()
+        cluster.net.flush()
+        cluster.clock.advance(0.01)
+        cluster.net.flush()
+        push = old_owner._push
+        old_owner._push = lambda o, r: push(o, r).addCallback(  # type: ignore[method-assign]
+            lambda stored: deferLater(cluster.clock, 0.5, lambda: stored))
+        coordinator = next(n for n in cluster.nodes if n.membership.get("n3") is None)
+        d = Deferred.fromCoroutine(old_owner._stabilize_pass(old_owner.membership.version))
+        # a coordinator that has not heard of the newcomer writes to the old owner
+        reply = ClusterClient(cluster, coordinator).command(b"set k1 v2", within=0.3)
+        self.assertEqual(reply, b"ok\r\n")
+        cluster.run(1)
+        self.successResultOf(d)
+        self.assertEqual(old_owner.store.get(key).value, b"v2")
+        old_owner._loops[2][0].start(5.0)
+        cluster.run(60)
+        self.assertEqual(cluster.holders(key), {"n3": b"v2"})
+        self.assertEqual(cluster.client(2).command(b"get k1"), b"v2\r\n")
+
+    def test_long_partition_heals(self) -> None:
+        """
+        After a partition longer than remove_after (both sides forget each
+        other), the cluster becomes one again and data written on one side
+        reads on the other.
+        """
+        cluster = Cluster(5)
+        cluster.run(20)
+        _cut(cluster, ["n0", "n1"], ["n2", "n3", "n4"])
+        cluster.run(45)
+        self.assertEqual(sorted(cluster.live_views()["n0"]), ["n0", "n1"])
+        cluster.net.cut.clear()
+        cluster.run(120)
+        everyone = ["n0", "n1", "n2", "n3", "n4"]
+        for view in cluster.live_views().values():
+            self.assertEqual(sorted(view), everyone)
+        self.assertEqual(cluster.client(0).command(b"set a 1"), b"ok\r\n")
+        self.assertEqual(cluster.client(4).command(b"get a"), b"1\r\n")
+
+    def test_big_values_move_without_breaking_links(self) -> None:
+        """
+        Stabilization of 20 values of nearly 1 MiB after a join sends them in
+        messages under max_frame: no link closes and every key ends on
+        exactly its owners.
+        """
+        from twisted.logger import globalLogPublisher
+
+        closures = []
+
+        def observe(event: dict) -> None:
+            if "max_frame" in event.get("log_format", ""):
+                closures.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        cluster = Cluster(4, start=False)
+        for node in cluster.nodes[:3]:
+            node.startService()
+        cluster.run(20)
+        c = cluster.client(0)
+        big = b"x" * (1024 * 1024 - 10)
+        for i in range(20):
+            self.assertEqual(c.command(b"set big%d " % i + big), b"ok\r\n")
+        cluster.nodes[3].startService()
+        cluster.run(60)
+        self.assertEqual(closures, [])
+        for i in range(20):
+            key = b"big%d" % i
+            self.assertEqual(sorted(cluster.holders(key)),
+                             sorted(cluster.nodes[0].replicas_for(key)), key)
+        self.assertEqual(cluster.client(1).command(b"set small v"), b"ok\r\n")
+
+    def test_write_too_large_for_one_message(self) -> None:
+        """
+        A write whose keys and values exceed half a frame is refused with
+        ERR before any replica sees it.
+        """
+        cluster = Cluster(3, max_frame=4 * 1024 * 1024)
+        cluster.run(10)
+        big = b"y" * (1024 * 1024)
+        line = b"mset " + b" ".join(b"k%d %s" % (i, big) for i in range(3))
+        reply = cluster.client(0).command(line)
+        self.assertTrue(reply.startswith(b"ERR write too large"), reply)
+
+    def test_missing_from_minority_is_an_error(self) -> None:
+        """
+        When only a new, still empty replica answers and the replicas with
+        the key time out, GET answers ERR, not (nil).
+        """
+        from dhtwisted.ring import key_position
+
+        cluster = Cluster(5, start=False)
+        for node in cluster.nodes[:4]:
+            node.startService()
+        cluster.run(20)
+        key = b"k1"
+        self.assertEqual(cluster.client(0).command(b"set k1 v1"), b"ok\r\n")
+        newcomer = cluster.nodes[4]
+        newcomer.membership.update_me(tokens=(key_position(key, 65536),))
+        for holder in cluster.holders(key):
+            cluster.net.cut.add(frozenset((holder, "n4")))  # nobody can push to it
+        newcomer.startService()
+        cluster.run(15)
+        owners = cluster.nodes[0].replicas_for(key)
+        self.assertEqual(owners[0], "n4")
+        reader = next(n for n in cluster.nodes
+                      if n.node_id not in owners and n.node_id != "n4")
+        for owner in owners[1:]:
+            cluster.net.cut.add(frozenset((reader.node_id, owner)))
+        reply = ClusterClient(cluster, reader).command(b"get k1")
+        self.assertTrue(reply.startswith(b"ERR key not found on the replicas that answered"),
+                        reply)

@@ -441,3 +441,19 @@ class OverrideTests(SynchronousTestCase):
             ConfigError, override, config, [("--ring-id", "ring_id", "7")]
         )
         self.assertTrue(str(error).startswith(f"{SOURCE}: [cluster] fail_after: "), str(error))
+
+
+class TombstoneRuleTests(SynchronousTestCase):
+    """
+    Deletes must be remembered longer than dead members are.
+    """
+
+    def test_tombstone_ttl_longer_than_remove_after(self) -> None:
+        """
+        tombstone_ttl at or below remove_after stops the node, naming the key.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            config_from_string("[timers]\ntombstone_ttl = 30\n", source="t.ini")
+        self.assertTrue(str(caught.exception).startswith("t.ini: [timers] tombstone_ttl: "))
+        config = config_from_string("[timers]\ntombstone_ttl = 31\n")
+        self.assertEqual(config.tombstone_ttl, 31.0)
