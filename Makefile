@@ -8,7 +8,7 @@ PY := $(BIN)/python
 CONFIG ?= etc/node.ini
 SOURCES := setup.py README.md $(shell find dhtwisted twisted -name '*.py' 2>/dev/null)
 
-.PHONY: install run test trial lint proto clean
+.PHONY: install run test trial lint proto sim clean
 
 # The venv with the dependencies (rebuilt when setup.py changes).
 $(VENV)/.deps: setup.py
@@ -34,6 +34,11 @@ test: $(VENV)/.installed
 
 trial: $(VENV)/.installed
 	$(PY) -b -m twisted.trial --random=0 tests
+
+# the deterministic simulation over many seeds (the suite runs 200)
+SEEDS ?= 1000
+sim: $(VENV)/.installed
+	PYTHONHASHSEED=0 $(PY) -m tests.sim --seeds $(SEEDS)
 
 lint: $(VENV)/.deps
 	$(BIN)/ruff check dhtwisted tests twisted setup.py

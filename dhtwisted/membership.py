@@ -97,6 +97,9 @@ class Membership:
         self._forgotten: dict[str, tuple[int, int]] = {}
         self._forgotten_at: dict[str, str] = {}  # id -> last known address
         self.version = 0  # increases whenever the set of live members changes
+        # the most live members this node has seen at once, less those that
+        # left since: how big the cluster is meant to be
+        self.peak = 1
 
     # -- reading
 
@@ -215,7 +218,12 @@ class Membership:
                 changes.append(change)
         if any((old in _LIVE) != (new in _LIVE) for _, old, new in changes):
             self.version += 1
+        self._count(changes)
         return changes
+
+    def _count(self, changes: list[tuple[str, str, str]]) -> None:
+        departed = sum(1 for _, old, new in changes if new == LEFT and old != LEFT)
+        self.peak = max(1, self.peak - departed, len(self.live()))
 
     def _merge_one(self, member: Member, now: float) -> Optional[tuple[str, str, str]]:
         if member.node_id == self.node_id:
@@ -284,4 +292,5 @@ class Membership:
                 changes.append((node_id, member.status, status))
         if any((old in _LIVE) != (new in _LIVE) for _, old, new in changes):
             self.version += 1
+        self._count(changes)
         return changes

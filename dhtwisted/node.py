@@ -51,6 +51,7 @@ from .twopc import (
     Coordinator,
     LocalReplica,
     Participant,
+    TransactionFailed,
     Vote,
 )
 from .version import NO_VERSION, VERSION_SIZE, HybridClock, node_tag
@@ -280,7 +281,21 @@ class DHTNode(MultiService):
     def write(self, writes: Sequence[tuple[bytes, Optional[bytes]]]) -> Deferred[list[bool]]:
         """
         See L{dhtwisted.commands.NodeAPI.write}.
+
+        A node that sees fewer live members than a write needs (C{replicas},
+        or the whole cluster if it is smaller) refuses writes: it may be cut
+        off from the rest, which goes on writing, and its writes would be
+        lost or win over newer ones when the partition heals.
         """
+        live = len(self.membership.live())
+        needed = min(self.config.replicas, self.membership.peak)
+        if self.config.seeds and self.membership.peak == 1:
+            return fail(TransactionFailed(
+                "not part of a cluster yet: no seed answered; nothing applied"))
+        if live < needed:
+            return fail(TransactionFailed(
+                f"only {live} live members in view, a write needs {needed}; "
+                "nothing applied"))
         return self.coordinator.write(writes)
 
     # -- peers (PeerHandler)

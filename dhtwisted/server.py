@@ -20,9 +20,11 @@ from collections import deque
 from typing import Callable, Optional, Union
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .commands import QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
 from .quoting import QuotingError, quote_value, split_args
@@ -142,10 +144,14 @@ def _text_command(line: bytes) -> Optional[Command]:
     return args or None
 
 
+@implementer(IHalfCloseableProtocol)
 class NodeProtocol(Protocol):
     """
     One connection to the node's port, until its first bytes say what it
     is; then a text or RESP client (peers are handed to the peer side).
+
+    A client that closes its sending side (as C{printf 'get a\n' | nc -N}
+    does) still gets the replies to what it sent; then the connection closes.
     """
 
     factory: "NodeFactory"
@@ -193,6 +199,23 @@ class NodeProtocol(Protocol):
         self.factory.connections -= 1
         if self._counted:
             self.factory.clients -= 1
+
+    def readConnectionLost(self) -> None:
+        """
+        The client sends no more: answer what it sent, then close.
+        """
+        if self._peer is not None:
+            self.transport.loseConnection()
+            return
+        self._done = True
+        self._more = []
+        self._send()
+
+    def writeConnectionLost(self) -> None:
+        """
+        The client reads no more: close.
+        """
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         """

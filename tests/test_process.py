@@ -9,6 +9,7 @@ import random
 import shutil
 import socket
 import subprocess
+import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -111,6 +112,19 @@ class NodeProcessTests(SynchronousTestCase):
                              capture_output=True, timeout=30)
         self.assertEqual(out.stdout.strip(), b"b c")
 
+    def test_half_close(self) -> None:
+        """
+        A client that sends its commands and closes its side (as
+        `printf ... | nc -N` does) still reads every reply.
+        """
+        with socket.create_connection(("127.0.0.1", self.node.port), timeout=10) as s:
+            s.sendall(b"set a b\r\nget a\r\nget missing\r\n")
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        self.assertEqual(data, b"ok\r\nb\r\n(nil)\r\n")
+
     def test_garbage_on_a_real_socket(self) -> None:
         """
         64 KiB of random bytes and an HTTP request leave the node serving,
@@ -167,17 +181,42 @@ class StartupTests(SynchronousTestCase):
 
     def test_dhserver(self) -> None:
         """
-        dhserver <id> <ip> <port> <ring_id> starts a node with those settings.
+        dhserver <id> <ip> <port> <ring_id> starts a bootstrap node;
+        dhserver <id> <ip> <port> <ring_id> <bootstrap_ip> <bootstrap_port>
+        starts one that joins it; both serve the same data.
         """
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        node = NodeProcess(["7", "127.0.0.1", str(port), "1234", "127.0.0.1", "1"],
-                           command=[tool("dhserver")])
+        ports = []
+        for _ in range(2):
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+            probe.close()
+        first = NodeProcess(["0", "127.0.0.1", str(ports[0]), "0"], command=[tool("dhserver")])
+        self.addCleanup(first.stop)
+        second = NodeProcess(["7", "127.0.0.1", str(ports[1]), "1234", "127.0.0.1",
+                              str(ports[0])], command=[tool("dhserver")])
+        self.addCleanup(second.stop)
+        self.assertEqual((first.port, second.port), tuple(ports))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            members = run_tool("dht-client", ["127.0.0.1", str(ports[0])], b"members\n")
+            if members.stdout.count(b"status=alive") == 2:
+                break
+            time.sleep(0.2)
+        self.assertIn(f"7 127.0.0.1:{ports[1]} ring_ids=1234 status=alive".encode(),
+                      members.stdout)
+        result = run_tool("dht-client", ["127.0.0.1", str(ports[1])], b"set a b\n")
+        self.assertEqual(result.stdout, b"ok\n")
+        result = run_tool("dht-client", ["127.0.0.1", str(ports[0])], b"get a\n")
+        self.assertEqual(result.stdout, b"b\n")
+
+    def test_unreachable_seed_refuses_writes(self) -> None:
+        """
+        A node whose seeds never answered has not joined a cluster: it
+        refuses writes instead of keeping data on its own.
+        """
+        node = NodeProcess([], ini=_INI + "[cluster]\nseeds = 127.0.0.1:1\n")
         self.addCleanup(node.stop)
-        self.assertEqual(node.port, port)
-        result = run_tool("dht-client", ["127.0.0.1", str(port)], b"members\nset a b\nget a\n")
-        self.assertEqual(result.stdout.decode().splitlines()[1:],
-                         ["ok", "b"])
-        self.assertTrue(result.stdout.startswith(f"7 127.0.0.1:{port} ring_ids=1234".encode()))
+        result = run_tool("dht-client", ["127.0.0.1", str(node.port)], b"set a b\n")
+        self.assertEqual(result.stdout, b"ERR not part of a cluster yet: no seed answered; "
+                                        b"nothing applied\n")
