@@ -8,7 +8,7 @@ PY := $(BIN)/python
 CONFIG ?= etc/node.ini
 SOURCES := setup.py README.md $(shell find dhtwisted twisted -name '*.py' 2>/dev/null)
 
-.PHONY: install run test trial lint proto sim clean
+.PHONY: install run test trial lint proto sim chaos clean
 
 # The venv with the dependencies (rebuilt when setup.py changes).
 $(VENV)/.deps: setup.py
@@ -39,6 +39,11 @@ trial: $(VENV)/.installed
 SEEDS ?= 1000
 sim: $(VENV)/.installed
 	PYTHONHASHSEED=0 $(PY) -m tests.sim --seeds $(SEEDS)
+
+# chaos against 5 real nodes on 127.0.0.1-127.0.0.5 (the suite runs 15 s)
+DURATION ?= 120
+chaos: $(VENV)/.installed
+	$(PY) -m tests.chaos --duration $(DURATION)
 
 lint: $(VENV)/.deps
 	$(BIN)/ruff check dhtwisted tests twisted setup.py
