@@ -27,7 +27,7 @@ from typing import Optional
 
 from dhtwisted.quoting import unquote_reply
 
-from .procs import NodeProcess
+from .procs import NodeProcess, free_block
 from .sim import HistoryChecker, Op, Violation
 
 HOSTS = [f"127.0.0.{i}" for i in range(1, 6)]
@@ -42,28 +42,6 @@ rpc_timeout = 1.0
 txn_timeout = 3.0
 leave_timeout = 5.0
 """
-
-
-def free_port(hosts: list[str]) -> int:
-    """
-    A port free on every one of C{hosts}.
-    """
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 60000)
-        sockets = []
-        try:
-            for host in hosts:
-                s = socket.socket()
-                sockets.append(s)
-                s.bind((host, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no free port")
 
 
 class Line:
@@ -97,7 +75,7 @@ class Chaos:
     def __init__(self, duration: float, seed: int, clients: int = 3) -> None:
         self.duration = duration
         self.rng = random.Random(seed)
-        self.port = free_port(HOSTS)
+        self.port = free_block(1, tuple(HOSTS))
         self.nodes: dict[str, Optional[NodeProcess]] = {}
         self.history: list[Op] = []
         self.lock = threading.Lock()
@@ -154,44 +132,21 @@ class Chaos:
         conns: dict[int, Line] = {}
         while not self.stop_clients.is_set():
             i = rng.randrange(len(HOSTS))
-            kind = rng.choice(["set", "set", "del", "mset", "get", "mget"])
             with self.lock:
                 self.ops += 1
-                tag = b"w%d" % self.ops
-            if kind == "set":
-                keys, values = [rng.choice(self.keys)], [tag]
-            elif kind == "del":
-                keys, values = [rng.choice(self.keys)], [None]
-            elif kind == "mset":
-                keys = rng.sample(self.keys, rng.randint(2, 4))
-                values = [tag + b"." + k for k in keys]
-            elif kind == "get":
-                keys, values = [rng.choice(self.keys)], []
-            else:
-                keys, values = rng.sample(self.keys, rng.randint(2, 4)), []
-            op = Op(self.ops, index, f"c{i}", kind, keys, values, time.monotonic())
+                op = Op.random(rng, self.ops, index, f"c{i}", self.keys, time.monotonic())
             with self.lock:
                 self.history.append(op)
             try:
                 conn = conns.get(i) or Line(HOSTS[i], self.port)
                 conns[i] = conn
-                lines = conn.ask(op.line(), len(keys) if kind == "mget" else 1)
+                lines = conn.ask(op.line(), len(op.keys) if op.kind == "mget" else 1)
             except OSError:
                 conns.pop(i, None)
                 op.outcome = "unknown" if op.writes else "error"
                 time.sleep(0.05)
                 continue
-            op.completed = time.monotonic()
-            op.reply = lines
-            if op.writes:
-                if lines[0] == b"ok" or (kind == "del" and lines[0].isdigit()):
-                    op.outcome = "ok"
-                elif lines[0].startswith(b"ERR") and b"nothing applied" in lines[0]:
-                    op.outcome = "fail"
-                else:
-                    op.outcome = "unknown"
-            else:
-                op.outcome = "error" if any(x.startswith(b"ERR") for x in lines) else "ok"
+            op.settle(lines, time.monotonic())
         for conn in conns.values():
             conn.close()
 

@@ -6,9 +6,11 @@ waited for with a deadline, stopped by pid.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -99,3 +101,43 @@ def run_tool(name: str, args: list[str], stdin: bytes = b"", timeout: float = 30
     """
     return subprocess.run([tool(name)] + args, input=stdin, capture_output=True,
                           timeout=timeout)
+
+
+def free_block(count: int, hosts: tuple[str, ...] = ("127.0.0.1",)) -> int:
+    """
+    A base port such that C{count} ports from it are free on every one of
+    C{hosts}.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - count)
+        sockets = []
+        try:
+            for host in hosts:
+                for port in range(base, base + count):
+                    s = socket.socket()
+                    sockets.append(s)
+                    s.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no block of free ports found")
+
+
+def start_nodes(prefix: str, base: int, count: int, extra: Optional[dict[int, str]] = None,
+                settings: str = "gossip_interval = 0.5\n") -> list["NodeProcess"]:
+    """
+    C{count} nodes C{prefix}0.. on 127.0.0.1 ports C{base}.., ring ids
+    spread evenly, joining through the first; C{extra} adds ini text to
+    some. The caller stops them.
+    """
+    nodes = []
+    for i in range(count):
+        ini = (f"[node]\nnode_id = {prefix}{i}\nlisten = 127.0.0.1:{base + i}\n"
+               f"ring_id = {i * 65536 // count}\n[cluster]\n{settings}"
+               f"seeds = 127.0.0.1:{base}\n" + (extra or {}).get(i, ""))
+        nodes.append(NodeProcess([], ini=ini))
+    return nodes

@@ -351,6 +351,47 @@ class Op:
     def writes(self) -> bool:
         return self.kind in ("set", "del", "mset")
 
+    def settle(self, lines: list[bytes], now: float) -> None:
+        """
+        Record the reply C{lines}, received at C{now}: a write is ok, failed
+        (the node said nothing was applied) or of unknown outcome; a read ok
+        or an error.
+        """
+        self.completed = now
+        self.reply = lines
+        if self.writes:
+            if lines[0] == b"ok" or (self.kind == "del" and lines[0].isdigit()):
+                self.outcome = "ok"
+            elif lines[0].startswith(b"ERR") and b"nothing applied" in lines[0]:
+                self.outcome = "fail"
+            else:
+                self.outcome = "unknown"
+        else:
+            self.outcome = "error" if any(x.startswith(b"ERR") for x in lines) else "ok"
+
+    @classmethod
+    def random(cls, rng: random.Random, op_id: int, client: int, node: str,
+               keys: list[bytes], now: float) -> "Op":
+        """
+        A random operation on C{keys}; written values are unique (they
+        carry C{op_id}), so the history tells which write left a value.
+        """
+        kind = rng.choice(["set", "set", "del", "mset", "get", "get", "mget"])
+        tag = b"v%d" % op_id
+        values: list[Optional[bytes]]
+        if kind == "set":
+            chosen, values = [rng.choice(keys)], [tag]
+        elif kind == "del":
+            chosen, values = [rng.choice(keys)], [None]
+        elif kind == "mset":
+            chosen = rng.sample(keys, rng.randint(2, 4))
+            values = [tag + b"." + k for k in chosen]
+        elif kind == "get":
+            chosen, values = [rng.choice(keys)], []
+        else:
+            chosen, values = rng.sample(keys, rng.randint(2, 4)), []
+        return cls(op_id, client, node, kind, chosen, values, now)
+
 
 class Client:
     """
@@ -390,17 +431,7 @@ class Client:
             self.end()
 
     def finish(self, op: Op, lines: list[bytes], now: float) -> None:
-        op.completed = now
-        op.reply = lines
-        if op.writes:
-            if lines[0] == b"ok" or (op.kind == "del" and lines[0].isdigit()):
-                op.outcome = "ok"
-            elif lines[0].startswith(b"ERR") and b"nothing applied" in lines[0]:
-                op.outcome = "fail"
-            else:
-                op.outcome = "unknown"
-        else:
-            op.outcome = "error" if any(x.startswith(b"ERR") for x in lines) else "ok"
+        op.settle(lines, now)
         self.end()
 
     def end(self) -> None:
@@ -549,21 +580,9 @@ class Simulation:
         if not up:
             return
         node = self.rng.choice(up)
-        kind = self.rng.choice(["set", "set", "del", "mset", "get", "get", "mget"])
         self.ops += 1
-        tag = b"v%d" % self.ops
-        if kind == "set":
-            keys, values = [self.rng.choice(self.keys)], [tag]
-        elif kind == "del":
-            keys, values = [self.rng.choice(self.keys)], [None]
-        elif kind == "mset":
-            keys = self.rng.sample(self.keys, self.rng.randint(2, 4))
-            values = [tag + b"." + k for k in keys]
-        elif kind == "get":
-            keys, values = [self.rng.choice(self.keys)], []
-        else:
-            keys, values = self.rng.sample(self.keys, self.rng.randint(2, 4)), []
-        op = Op(self.ops, client.index, node.node_id, kind, keys, values, self.clock.seconds())
+        op = Op.random(self.rng, self.ops, client.index, node.node_id, self.keys,
+                       self.clock.seconds())
         self.history.append(op)
         client.start(op, node)
 

@@ -10,39 +10,15 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .procs import NodeProcess, run_tool
+from .procs import free_block, run_tool, start_nodes
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-
-
-def free_block(count: int, hosts: tuple[str, ...] = ("127.0.0.1",)) -> int:
-    """
-    A base port such that C{count} ports from it are free on every host.
-    """
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 60000 - count)
-        sockets = []
-        try:
-            for host in hosts:
-                for port in range(base, base + count):
-                    s = socket.socket()
-                    sockets.append(s)
-                    s.bind((host, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no block of free ports found")
 
 
 class ScriptCluster:
@@ -203,16 +179,8 @@ class AtomicityTests(SynchronousTestCase):
         small values is applied everywhere.
         """
         base = free_block(4)
-        nodes = []
-        for i in range(4):
-            ini = (f"[node]\nnode_id = m{i}\nlisten = 127.0.0.1:{base + i}\n"
-                   f"ring_id = {i * 16384}\n[cluster]\ngossip_interval = 0.5\n"
-                   f"seeds = 127.0.0.1:{base}\n")
-            if i == 3:
-                ini += "[limits]\nmax_value = 16\n"
-            node = NodeProcess([], ini=ini)
+        for node in start_nodes("m", base, 4, {3: "[limits]\nmax_value = 16\n"}):
             self.addCleanup(node.stop)
-            nodes.append(node)
         for i in range(4):
             wait_members("127.0.0.1", base + i, 4)
         keys = [f"key{i}" for i in range(24)]
@@ -242,14 +210,9 @@ class GracefulStopTests(SynchronousTestCase):
         every key reads back and sits on 3 replicas.
         """
         base = free_block(4)
-        nodes = []
-        for i in range(4):
-            ini = (f"[node]\nnode_id = g{i}\nlisten = 127.0.0.1:{base + i}\n"
-                   f"ring_id = {i * 16384}\n[cluster]\ngossip_interval = 0.5\n"
-                   f"seeds = 127.0.0.1:{base}\n")
-            node = NodeProcess([], ini=ini)
+        nodes = start_nodes("g", base, 4)
+        for node in nodes:
             self.addCleanup(node.stop)
-            nodes.append(node)
         for i in range(4):
             wait_members("127.0.0.1", base + i, 4)
         keys = [f"key{i}" for i in range(30)]
