@@ -35,7 +35,7 @@ test: $(VENV)/.installed
 trial: $(VENV)/.installed
 	$(PY) -b -m twisted.trial --random=0 tests
 
-# the deterministic simulation over many seeds (the suite runs 200)
+# the deterministic simulation over many seeds (the suite runs 300)
 SEEDS ?= 1000
 sim: $(VENV)/.installed
 	PYTHONHASHSEED=0 $(PY) -m tests.sim --seeds $(SEEDS)

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from .sim import FAULTS, Simulation, Violation, run_seed
 
 #: Seeds run by the suite; `make sim SEEDS=...` runs more.
-CI_SEEDS = int(os.environ.get("DHT_SIM_SEEDS", "200"))
+CI_SEEDS = int(os.environ.get("DHT_SIM_SEEDS", "300"))
 
 
 class SimulationTests(SynchronousTestCase):
