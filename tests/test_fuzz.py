@@ -218,13 +218,10 @@ class LiveNodeFuzzTests(SynchronousTestCase):
     The same inputs over real sockets to a running node.
     """
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.node = NodeProcess([], ini="[node]\nnode_id = fuzz\nlisten = 127.0.0.1:0\n")
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.node.stop()
+    def setUp(self) -> None:
+        # once per test method: hypothesis runs every example inside it
+        self.node = NodeProcess([], ini="[node]\nnode_id = fuzz\nlisten = 127.0.0.1:0\n")
+        self.addCleanup(self.node.stop)
 
     def _send(self, data: bytes) -> bytes:
         with socket.create_connection(("127.0.0.1", self.node.port), timeout=10) as s:
