@@ -8,7 +8,7 @@ PY := $(BIN)/python
 CONFIG ?= etc/node.ini
 SOURCES := setup.py README.md $(shell find dhtwisted twisted -name '*.py' 2>/dev/null)
 
-.PHONY: install run test trial lint proto sim chaos clean
+.PHONY: install run test trial lint proto sim chaos bench bench-quick redis clean
 
 # The venv with the dependencies (rebuilt when setup.py changes).
 $(VENV)/.deps: setup.py
@@ -44,6 +44,24 @@ sim: $(VENV)/.installed
 DURATION ?= 120
 chaos: $(VENV)/.installed
 	$(PY) -m tests.chaos --duration $(DURATION)
+
+# redis-server and redis-benchmark, from Debian, when missing
+redis:
+	@command -v redis-benchmark >/dev/null && command -v redis-server >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    redis-server redis-tools >/dev/null; }
+
+$(VENV)/.bench: $(VENV)/.deps
+	$(PY) -m pip install --quiet 'matplotlib>=3.7'
+	touch $@
+
+# dhtwisted beside redis-server: table, results/bench-*.json and .png
+bench: redis $(VENV)/.installed $(VENV)/.bench
+	$(BIN)/dht-bench
+
+# a tiny run that only proves the benchmark works (CI)
+bench-quick: redis $(VENV)/.installed
+	$(BIN)/dht-bench --quick --out results/quick
 
 lint: $(VENV)/.deps
 	$(BIN)/ruff check dhtwisted tests twisted setup.py

@@ -36,11 +36,14 @@ setup(
         # exact pin: `make proto` must reproduce the committed module byte for byte
         "proto": ["grpcio-tools==1.85.1"],
         "lint": ["ruff>=0.6"],
+        # the benchmark's bar chart
+        "bench": ["matplotlib>=3.7"],
     },
     entry_points={
         "console_scripts": [
             "dht-client = dhtwisted.cli:client_main",
             "dhserver = dhtwisted.cli:dhserver_main",
+            "dht-bench = dhtwisted.bench:main",
         ],
     },
     classifiers=[
