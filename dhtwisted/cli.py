@@ -13,6 +13,7 @@ import sys
 from typing import BinaryIO, Callable, Optional, Sequence
 
 from .quoting import QuotingError, split_args, unquote_reply
+from .quoting import reply_shape as shape_of
 
 __all__ = ["client_main", "dhserver_main", "reply_lines"]
 
@@ -27,19 +28,12 @@ class ConnectionLost(Exception):
 
 def reply_shape(line: bytes) -> tuple[str, int]:
     """
-    How the node answers C{line}: C{("lines", n)} for n reply lines, or
-    C{("block", 0)} for lines up to an empty one (C{INFO}, C{MEMBERS}).
+    How the node answers C{line} (see L{dhtwisted.quoting.reply_shape}).
     """
     try:
-        args = split_args(line)
+        return shape_of(split_args(line))
     except QuotingError:
         return ("lines", 1)
-    name = args[0].upper() if args else b""
-    if name == b"MGET" and len(args) > 1:
-        return ("lines", len(args) - 1)
-    if name in (b"INFO", b"MEMBERS"):
-        return ("block", 0)
-    return ("lines", 1)
 
 
 def _read_line(reader: BinaryIO) -> bytes:

@@ -135,6 +135,8 @@ class DHTNode(MultiService):
             loop.clock = reactor
             self._loops.append((loop, interval))
         self._resolving: set[str] = set()
+        # this node holds records it does not own: the next round hands them over
+        self._holds_foreign = False
         self._rounds = 0
         self._stable_version = -1
         self.stats = {"gossip_rounds": 0, "pushed": 0, "handed_off": 0, "resolved": 0}
@@ -530,7 +532,7 @@ class DHTNode(MultiService):
             if gone:
                 m = self.rng.choice(gone)
                 targets.append((m.node_id, m.address))
-            mine = str(self.address or self.config.listen)
+            mine = self.me().address
             if not peers:
                 targets += [(None, str(seed)) for seed in self.config.seeds if str(seed) != mine]
             else:
@@ -585,12 +587,11 @@ class DHTNode(MultiService):
             lambda f: log.failure("stabilization failed", f)
         )
 
-    _holds_foreign = False
-
     async def _stabilize_pass(self, version: int) -> None:
         keys = self.store.keys()
         complete = True
-        foreign = False
+        # a push may set it again while the pass runs
+        self._holds_foreign = False
         ttl = self.config.tombstone_ttl
         self.store.collect_tombstones(self.reactor.seconds(), ttl)
         for start in range(0, len(keys), PUSH_BATCH):
@@ -627,13 +628,11 @@ class DHTNode(MultiService):
                         key, pushed[key]):
                     self.stats["handed_off"] += 1
                 else:
-                    foreign = True
+                    self._holds_foreign = True
             # let the reactor serve clients between slices
             await deferLater(self.reactor, 0)
         if complete:
             self._stable_version = version
-        # keys this node could not hand over yet: try again next round
-        self._holds_foreign = foreign
 
     def _push(self, owner: str, records: list[tuple[bytes, Record]]) -> Deferred[set[bytes]]:
         """

@@ -18,7 +18,10 @@ from __future__ import annotations
 import codecs
 import re
 
-__all__ = ["QuotingError", "quote_value", "split_args", "unquote_reply"]
+__all__ = ["QuotingError", "quote_value", "reply_shape", "split_args", "unquote_reply"]
+
+#: Commands whose text reply is a block of lines ended by an empty line.
+BLOCK_REPLIES = frozenset([b"INFO", b"MEMBERS", b"HELLO", b"COMMAND", b"CONFIG"])
 
 
 class QuotingError(ValueError):
@@ -141,3 +144,18 @@ def unquote_reply(line: bytes) -> bytes:
     if m is None:
         raise QuotingError("malformed quoted reply")
     return _unescape_double(m.group(1))
+
+
+def reply_shape(args: list[bytes]) -> tuple[str, int]:
+    """
+    How the text protocol answers a command: C{("lines", n)} for n lines
+    (one per key for C{MGET}, otherwise one), or C{("block", 0)} for lines
+    ended by an empty line. An error is one C{ERR} line in either shape
+    (for C{MGET}, one per key).
+    """
+    name = args[0].upper() if args else b""
+    if name == b"MGET" and len(args) > 1:
+        return ("lines", len(args) - 1)
+    if name in BLOCK_REPLIES:
+        return ("block", 0)
+    return ("lines", 1)

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .commands import QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
-from .quoting import QuotingError, quote_value, split_args
+from .quoting import QuotingError, quote_value, reply_shape, split_args
 from .wire import MAGIC
 from .resp import (
     RespError,
@@ -352,12 +352,15 @@ class NodeProtocol(Protocol):
 
     def _run(self, args: list[bytes]) -> None:
         reply = self.factory.commands.execute(args)
-        if self._mode == "text" and len(args) > 1 and args[0].upper() == b"MGET":
-            # the text protocol answers MGET with one line per key, errors too
+        if self._mode == "text":
+            # the text protocol's reply has the shape the client expects
+            # (reply_shape): MGET one line per key, errors too; other lists
+            # are blocks
+            kind, count = reply_shape(args)
             if isinstance(reply, Deferred):
-                reply.addCallback(_per_key, len(args) - 1)
+                reply.addCallback(_text_shape, kind, count)
             else:
-                reply = _per_key(reply, len(args) - 1)
+                reply = _text_shape(reply, kind, count)
         if isinstance(reply, HelloReply) and self._mode == "resp":
             self._encode = encode_resp3 if reply.proto == 3 else encode_resp
         if isinstance(reply, Deferred):
@@ -414,9 +417,11 @@ class NodeProtocol(Protocol):
             self.transport.loseConnection()
 
 
-def _per_key(reply: Reply, count: int) -> Reply:
-    if isinstance(reply, ErrorReply):
+def _text_shape(reply: Reply, kind: str, count: int) -> Reply:
+    if kind == "lines" and count > 1 and isinstance(reply, ErrorReply):
         return [reply] * count
+    if kind == "block" and isinstance(reply, list):
+        return Lines(quote_value(item).decode("utf-8", "replace") for item in reply)
     return reply
 
 

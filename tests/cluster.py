@@ -5,6 +5,7 @@ a fake network of iosim pumps that can partition links and crash nodes.
 
 from __future__ import annotations
 
+import random
 from typing import Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -113,10 +114,8 @@ class Cluster:
             seeds=(Address("127.0.0.1", 9000 + seed),) if i != seed else (),
             **self.settings,
         )
-        node = DHTNode(config, self.clock, connect=self.net.connector(f"n{i}"))
-        import random
-
-        node.rng = random.Random(i)
+        node = DHTNode(config, self.clock, connect=self.net.connector(f"n{i}"),
+                       rng=random.Random(i))
         self.net.nodes[str(address)] = node
         if i < len(self.nodes):
             self.nodes[i] = node

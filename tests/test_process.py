@@ -58,6 +58,15 @@ class NodeProcessTests(SynchronousTestCase):
             "ok\nv1\nok\nbig world\n(nil)\nok\n1\n(nil)\n2\n1\nERR unknown command 'frob'\n",
         )
 
+    def test_dht_client_stays_in_step(self) -> None:
+        """
+        After commands with block replies (COMMAND, HELLO, MEMBERS),
+        dht-client still pairs each later command with its own reply.
+        """
+        result = self.client(b"command\nhello\nmembers\nset a 1\nget a\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.decode().splitlines()[-2:], ["ok", "1"])
+
     def test_dht_client_info_and_end_of_input(self) -> None:
         """
         INFO prints its lines; end of input ends the client with status 0.

@@ -96,6 +96,28 @@ class TextProtocolTests(SynchronousTestCase):
         self.assertTrue(members.startswith(b"0 127.0.0.1:9000 "))
         self.assertTrue(members.endswith(b"\r\n\r\n"))
 
+    def test_every_reply_has_the_shape_the_client_expects(self) -> None:
+        """
+        Commands that answer a list outside MGET (COMMAND, CONFIG) and HELLO
+        answer a block ended by an empty line in text, as reply_shape says;
+        the others one line (MGET one per key).
+        """
+        from dhtwisted.quoting import reply_shape, split_args
+
+        for line in [b"command", b"config get save", b"hello", b"hello 2", b"ping",
+                     b"get x", b"mget a b c", b"info", b"members", b"exists a",
+                     b"select 0", b"client setname x", b"nope", b"hello 9"]:
+            reply = self.client.send(line + b"\n")
+            kind, count = reply_shape(split_args(line))
+            lines = reply.split(b"\r\n")[:-1]
+            if kind == "block" and lines[0].startswith(b"ERR"):
+                self.assertEqual(len(lines), 1, (line, reply))
+            elif kind == "block":
+                self.assertEqual(lines[-1], b"", line)
+                self.assertEqual(lines.count(b""), 1, line)
+            else:
+                self.assertEqual(len(lines), count, (line, reply))
+
     def test_blank_lines_ignored(self) -> None:
         """
         Empty lines get no reply.
