@@ -32,6 +32,12 @@ from typing import Optional
 __all__ = ["main"]
 
 
+class BenchError(Exception):
+    """
+    A redis-benchmark run did not finish (it stops at the first error reply).
+    """
+
+
 @dataclass
 class Row:
     """
@@ -45,6 +51,7 @@ class Row:
     p99: float
     runs: list[float] = field(default_factory=list)
     ratio: Optional[float] = None
+    error: str = ""
 
 
 def _free_ports(count: int) -> list[int]:
@@ -180,13 +187,15 @@ def redis_benchmark(ports: list[int], test: str, requests: int, clients: int, pi
             ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test,
              "-n", str(max(1, requests // len(ports))), "-c", str(per), "-P", str(pipeline),
              "-d", str(size), "-r", str(keyspace), "--csv", "-q"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL))
     ops, p50s, p99s = 0.0, [], []
     for run in runs:
-        out, _ = run.communicate(timeout=600)
+        out, err = run.communicate(timeout=600)
         rows = list(csv.DictReader(io.StringIO(out.decode())))
         if not rows:
-            raise RuntimeError(f"redis-benchmark printed no result for {test}")
+            # redis-benchmark stops at the first error reply
+            why = err.decode(errors="replace").strip().splitlines()
+            raise BenchError(why[-1] if why else f"redis-benchmark printed no result for {test}")
         ops += float(rows[0]["rps"])
         p50s.append(float(rows[0]["p50_latency_ms"]))
         p99s.append(float(rows[0]["p99_latency_ms"]))
@@ -230,8 +239,13 @@ class Bench:
         results = []
         for _ in range(self.runs):
             self.progress(f"{target}: {name}")
-            results.append(redis_benchmark(ports, test, self.requests * pipeline, clients,
-                                           pipeline, size))
+            try:
+                results.append(redis_benchmark(ports, test, self.requests * pipeline, clients,
+                                               pipeline, size))
+            except BenchError as e:
+                row = Row(name, target, 0.0, 0.0, 0.0, error=str(e))
+                self.rows.append(row)
+                return row
         ops = [r[0] for r in results]
         middle = sorted(results, key=lambda r: r[0])[len(results) // 2]
         row = Row(name, target, statistics.median(ops), middle[1], middle[2], ops)
@@ -248,7 +262,12 @@ class Bench:
             with ThreadPoolExecutor(2) as pool:
                 g = pool.submit(redis_benchmark, ports, "get", self.requests * 9 // 10, 45, 1, 16)
                 s = pool.submit(redis_benchmark, ports, "set", self.requests // 10, 5, 1, 16)
-                gr, sr = g.result(), s.result()
+                try:
+                    gr, sr = g.result(), s.result()
+                except BenchError as e:
+                    row = Row("mixed 90/10 GET/SET -c 50", target, 0.0, 0.0, 0.0, error=str(e))
+                    self.rows.append(row)
+                    return row
             results.append((gr[0] + sr[0], max(gr[1], sr[1]), max(gr[2], sr[2])))
         ops = [r[0] for r in results]
         middle = sorted(results, key=lambda r: r[0])[len(results) // 2]
@@ -297,7 +316,7 @@ class Bench:
         redis = {r.workload: r.ops for r in self.rows if r.target == "redis"}
         for row in self.rows:
             base = redis.get(row.workload)
-            if base:
+            if base and not row.error:
                 row.ratio = row.ops / base
         return {"rows": [asdict(r) for r in self.rows], "memory": memory,
                 "requests": self.requests, "runs": self.runs}
@@ -336,6 +355,9 @@ def render(result: dict) -> str:
     lines = [f"{'workload':<28} {'target':<24} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
              f"{'x redis':>8}"]
     for r in result["rows"]:
+        if r["error"]:
+            lines.append(f"{r['workload']:<28} {r['target']:<24} failed: {r['error'][:60]}")
+            continue
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
         lines.append(f"{r['workload']:<28} {r['target']:<24} {r['ops']:>10.0f} "
                      f"{r['p50']:>8.3f} {r['p99']:>8.3f} {ratio:>8}")
