@@ -14,10 +14,12 @@ class IReplica(Interface):
     returns a Deferred.
     """
 
-    def prepare(txid: str, writes: list, participants: list) -> object:  # type: ignore[misc]
+    def prepare(txid: str, writes: list, participants: list,  # type: ignore[misc]
+                priority: bytes = b"") -> object:
         """
         Lock and stage C{writes} (C{(key, value or None)} pairs) for
-        transaction C{txid}; fire with a L{dhtwisted.twopc.Vote}.
+        transaction C{txid}; fire with a L{dhtwisted.twopc.Vote}. An older
+        C{priority} may wait for a lock held by a younger transaction.
         """
 
     def commit(txid: str, version: bytes, writes: object = None) -> object:  # type: ignore[misc]

@@ -212,10 +212,16 @@ class Membership:
             C{old} is C{""} for a member new to this node.
         """
         changes: list[tuple[str, str, str]] = []
+        remote = list(remote)
         for member in remote:
             change = self._merge_one(member, now)
             if change is not None:
                 changes.append(change)
+        # a table that names more members (dead ones too) than this node has
+        # seen live tells how big the cluster is: a node that restarted and
+        # so far met only a few of them must not take itself for the cluster
+        named = {m.node_id for m in remote if m.status != LEFT} | {self.node_id}
+        self.peak = max(self.peak, len(named))
         if any((old in _LIVE) != (new in _LIVE) for _, old, new in changes):
             self.version += 1
         self._count(changes)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -55,7 +55,15 @@ from .twopc import (
     Vote,
 )
 from .version import NO_VERSION, VERSION_SIZE, HybridClock, node_tag
-from .wire import Envelope, TxnStatus, member_from_pb, member_to_pb, record_from_pb, record_to_pb
+from .wire import (
+    Envelope,
+    TxnStatus,
+    member_from_pb,
+    member_to_pb,
+    record_from_pb,
+    record_to_pb,
+    vote_to_pb,
+)
 
 __all__ = ["DHTNode"]
 
@@ -98,7 +106,8 @@ class DHTNode(MultiService):
         self.store = Store()
         self.clock = HybridClock(reactor.seconds, node_tag(config.node_id))
         keep = 4 * config.txn_timeout + config.remove_after
-        self.participant = Participant(self.store, self.clock, reactor.seconds, keep)
+        self.participant = Participant(self.store, self.clock, reactor.seconds, keep,
+                                       lock_wait=config.rpc_timeout / 2)
         self.tokens = node_tokens(config.node_id, config.ring_id, config.vnodes, config.ring_size)
         self.membership = Membership(
             Member(config.node_id, str(config.peer_address), tuple(self.tokens),
@@ -349,7 +358,7 @@ class DHTNode(MultiService):
         """
         self.pool.lost(link)
 
-    def handle(self, link: PeerProtocol, request: Envelope) -> Envelope:
+    def handle(self, link: PeerProtocol, request: Envelope) -> Union[Envelope, Deferred]:
         """
         Answer a peer's request.
         """
@@ -373,19 +382,17 @@ class DHTNode(MultiService):
             p = request.prepare
             refusal = self._check_writes(p.writes)
             if refusal:
-                vote = Vote(False, refusal)
-            else:
-                vote = self.participant.prepare(
-                    p.txid, _writes(p.writes), list(p.participants), self._prepare_deadline(),
-                    p.coordinator,
-                )
-            v = reply.vote
-            v.txid = p.txid
-            v.yes = vote.yes
-            v.reason = vote.reason
-            v.conflict = vote.conflict
-            v.max_version = vote.max_version
-            v.existed.extend(vote.existed)
+                vote_to_pb(p.txid, Vote(False, refusal), reply.vote)
+                return reply
+            waiting: Deferred[Vote] = Deferred()
+            vote = self.participant.prepare(
+                p.txid, _writes(p.writes), list(p.participants), self._prepare_deadline(),
+                p.coordinator, p.priority, waiting.callback,
+            )
+            if vote is None:  # it waits for a lock: answer when it has one
+                return waiting.addCallback(lambda v: vote_to_pb(p.txid, v, reply.vote)
+                                           ).addCallback(lambda _: reply)
+            vote_to_pb(p.txid, vote, reply.vote)
         elif kind == "commit":
             c = request.commit
             if len(c.version) != VERSION_SIZE:
@@ -459,6 +466,7 @@ class DHTNode(MultiService):
         try:
             self.membership.beat(now)
             self._log_changes(self.membership.check(now))
+            self.participant.expire_waiting(now)
             for txid, coordinator, participants in self.participant.overdue(now):
                 if txid not in self._resolving:
                     self._resolving.add(txid)

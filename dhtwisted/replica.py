@@ -14,7 +14,7 @@ from .interfaces import IReplica
 from .peer import PeerError, PeerProtocol
 from .store import Record
 from .twopc import Vote
-from .wire import Envelope, record_from_pb
+from .wire import Envelope, record_from_pb, vote_from_pb
 
 __all__ = ["RemoteReplica", "fill_writes"]
 
@@ -62,7 +62,8 @@ class RemoteReplica:
             _expect(kind)
         )
 
-    def prepare(self, txid: str, writes: list[Write], participants: list[str]) -> Deferred[Vote]:
+    def prepare(self, txid: str, writes: list[Write], participants: list[str],
+                priority: bytes = b"") -> Deferred[Vote]:
         """
         See L{IReplica.prepare}.
         """
@@ -70,14 +71,11 @@ class RemoteReplica:
         prepare = env.prepare
         prepare.txid = txid
         prepare.coordinator = self._node_id
+        prepare.priority = priority
         prepare.participants.extend(participants)
         fill_writes(writes, prepare.writes)
 
-        def vote(reply: Envelope) -> Vote:
-            v = reply.vote
-            return Vote(v.yes, v.reason, v.conflict, v.max_version, tuple(v.existed))
-
-        return self._call(env, "vote").addCallback(vote)
+        return self._call(env, "vote").addCallback(lambda reply: vote_from_pb(reply.vote))
 
     def commit(self, txid: str, version: bytes,
                writes: Optional[list[Write]] = None) -> Deferred[bool]:

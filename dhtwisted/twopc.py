@@ -85,6 +85,14 @@ class _Prepared:
     deadline: float
     coordinator: str
     participants: list[str] = field(default_factory=list)
+    priority: bytes = b""
+
+
+@dataclass
+class _Waiter:
+    request: _Prepared
+    answer: Callable[[Vote], None]
+    until: float
 
 
 class Participant:
@@ -97,16 +105,20 @@ class Participant:
     :param clock: this node's hybrid clock, told of every committed version.
     :param now: the current time in seconds.
     :param keep: seconds an outcome is remembered.
+    :param lock_wait: seconds a prepare may wait for a lock (see L{prepare}).
     """
 
     def __init__(self, store: Store, clock: HybridClock,
-                 now: Callable[[], float] = lambda: 0.0, keep: float = 600.0) -> None:
+                 now: Callable[[], float] = lambda: 0.0, keep: float = 600.0,
+                 lock_wait: float = 1.0) -> None:
         self._store = store
         self._clock = clock
         self._now = now
         self._keep = keep
+        self._lock_wait = lock_wait
         self._locks: dict[bytes, str] = {}
         self._prepared: dict[str, _Prepared] = {}
+        self._waiting: dict[str, _Waiter] = {}  # txid -> a prepare waiting for locks
         self._decided: dict[str, tuple[str, bytes, float]] = {}  # txid -> (state, version, when)
 
     @property
@@ -125,25 +137,82 @@ class Participant:
 
     def prepare(
         self, txid: str, writes: list[Write], participants: list[str], deadline: float,
-        coordinator: str = "",
-    ) -> Vote:
+        coordinator: str = "", priority: bytes = b"",
+        answer: Optional[Callable[[Vote], None]] = None,
+    ) -> Optional[Vote]:
         """
-        Lock and stage C{writes} for C{txid}, unless another transaction
-        holds a lock on one of their keys, or C{txid} was already decided.
+        Lock and stage C{writes} for C{txid}, unless C{txid} was already
+        decided or another transaction holds a lock on one of their keys.
+
+        A lock conflict is settled by wait-die: a transaction older (smaller
+        C{priority}) than the holder waits, if C{answer} is given, and
+        C{answer} is called with its vote once the locks are free (or by
+        L{give_up}); a younger one votes no at once. Waits only ever go from
+        older to younger, so they cannot form a cycle.
+
+        :return: the vote, or C{None} if it will come through C{answer}.
         """
         if txid in self._prepared:
             return self._vote_yes(self._prepared[txid].writes)
-        if txid in self._decided:
-            return Vote(False, "transaction already decided")
-        for key, _ in writes:
+        if txid in self._decided or txid in self._waiting:
+            return Vote(False, "transaction already decided or waiting")
+        request = _Prepared(txid, list(writes), deadline, coordinator, list(participants),
+                            priority)
+        holder = self._holder(request)
+        if holder is None:
+            return self._lock(request)
+        if answer is not None and priority and holder.priority and priority < holder.priority:
+            self._waiting[txid] = _Waiter(request, answer, self._now() + self._lock_wait)
+            return None
+        return Vote(False, "conflict: key is locked by another write", conflict=True)
+
+    def _holder(self, request: _Prepared) -> Optional[_Prepared]:
+        for key, _ in request.writes:
             holder = self._locks.get(key)
-            if holder is not None and holder != txid:
-                return Vote(False, "conflict: key is locked by another write", conflict=True)
-        for key, _ in writes:
-            self._locks[key] = txid
-        self._prepared[txid] = _Prepared(txid, list(writes), deadline, coordinator,
-                                         list(participants))
-        return self._vote_yes(writes)
+            if holder is not None and holder != request.txid:
+                return self._prepared[holder]
+        return None
+
+    def _lock(self, request: _Prepared) -> Vote:
+        for key, _ in request.writes:
+            self._locks[key] = request.txid
+        self._prepared[request.txid] = request
+        return self._vote_yes(request.writes)
+
+    def expire_waiting(self, now: float) -> None:
+        """
+        Prepares that waited for a lock past C{lock_wait} vote no.
+        """
+        for txid in [t for t, w in self._waiting.items() if w.until <= now]:
+            self.give_up(txid)
+
+    def give_up(self, txid: str) -> None:
+        """
+        Stop C{txid} waiting for locks: it votes no.
+        """
+        waiter = self._waiting.pop(txid, None)
+        if waiter is not None:
+            waiter.answer(Vote(False, "conflict: waited too long for a lock", conflict=True))
+
+    def _wake(self) -> None:
+        """
+        Give freed locks to the waiting transactions, oldest first; those
+        now younger than a holder vote no.
+        """
+        answers = []
+        for txid in sorted(self._waiting, key=lambda t: self._waiting[t].request.priority):
+            waiter = self._waiting[txid]
+            holder = self._holder(waiter.request)
+            if holder is None:
+                del self._waiting[txid]
+                answers.append((waiter.answer, self._lock(waiter.request)))
+            elif not waiter.request.priority < holder.priority:
+                del self._waiting[txid]
+                answers.append((waiter.answer, Vote(
+                    False, "conflict: key is locked by another write", conflict=True)))
+        # answer after the state settled: an answer may call back in here
+        for answer, vote in answers:
+            answer(vote)
 
     def _vote_yes(self, writes: list[Write]) -> Vote:
         records = [self._store.get(key) for key, _ in writes]
@@ -181,6 +250,7 @@ class Participant:
         """
         txn = self._prepared.pop(txid, None)
         if txn is None:
+            self.give_up(txid)
             # remember it, so that a prepare arriving late is refused
             self._decided.setdefault(txid, (ABORTED, NO_VERSION, self._now()))
             return False
@@ -192,6 +262,8 @@ class Participant:
         for key, _ in txn.writes:
             if self._locks.get(key) == txn.txid:
                 del self._locks[key]
+        if self._waiting:
+            self._wake()
 
     def status(self, txid: str) -> tuple[str, bytes]:
         """
@@ -237,12 +309,15 @@ class LocalReplica:
         self._store = store
         self._deadline = deadline
 
-    def prepare(self, txid: str, writes: list[Write], participants: list[str]) -> Deferred[Vote]:
+    def prepare(self, txid: str, writes: list[Write], participants: list[str],
+                priority: bytes = b"") -> Deferred[Vote]:
         """
         See L{IReplica.prepare}.
         """
-        return succeed(self._participant.prepare(txid, writes, participants, self._deadline(),
-                                                 self._node_id))
+        waiting: Deferred[Vote] = Deferred()
+        vote = self._participant.prepare(txid, writes, participants, self._deadline(),
+                                         self._node_id, priority, waiting.callback)
+        return waiting if vote is None else succeed(vote)
 
     def commit(self, txid: str, version: bytes,
                writes: Optional[list[Write]] = None) -> Deferred[bool]:
@@ -376,11 +451,12 @@ class Coordinator:
 
     async def _write(self, writes: list[Write]) -> list[bool]:
         attempt = 0
+        priority = self._clock.next()  # kept across retries: the write ages
         while True:
             txid = self._new_txid()
             plan = self._plan(writes)
             self._undecided.add(txid)
-            votes = await self._prepare(txid, writes, plan)
+            votes = await self._prepare(txid, writes, plan, priority)
             if txid in self._undecided and all(vote.yes for vote, _ in votes.values()):
                 self._undecided.discard(txid)
                 newest = max((vote.max_version for vote, _ in votes.values()), default=NO_VERSION)
@@ -423,12 +499,12 @@ class Coordinator:
         return plan
 
     async def _prepare(
-        self, txid: str, writes: list[Write], plan: dict[str, list[int]]
+        self, txid: str, writes: list[Write], plan: dict[str, list[int]], priority: bytes
     ) -> dict[str, tuple[Vote, list[int]]]:
         participants = sorted(plan)
         calls = [
             self._timed(self._replica(node).prepare(txid, [writes[i] for i in indexes],
-                                                    participants))
+                                                    participants, priority))
             for node, indexes in plan.items()
         ]
         results = await DeferredList(calls, consumeErrors=True)

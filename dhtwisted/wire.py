@@ -7,11 +7,14 @@ types. The only importer of the generated module.
 from __future__ import annotations
 
 import struct
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ._proto import dht_pb2
 from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member
 from .store import Record
+
+if TYPE_CHECKING:
+    from .twopc import Vote
 
 __all__ = [
     "Envelope",
@@ -89,3 +92,24 @@ def record_from_pb(pb: dht_pb2.Record) -> Record:
     A protobuf record as a L{Record}.
     """
     return Record(pb.version, None if pb.tombstone else pb.value)
+
+
+def vote_to_pb(txid: str, vote: "Vote", out: dht_pb2.Vote) -> None:
+    """
+    Fill C{out} with C{vote} on C{txid}.
+    """
+    out.txid = txid
+    out.yes = vote.yes
+    out.reason = vote.reason
+    out.conflict = vote.conflict
+    out.max_version = vote.max_version
+    out.existed.extend(vote.existed)
+
+
+def vote_from_pb(pb: dht_pb2.Vote) -> "Vote":
+    """
+    A protobuf vote as a L{Vote}.
+    """
+    from .twopc import Vote
+
+    return Vote(pb.yes, pb.reason, pb.conflict, pb.max_version, tuple(pb.existed))

@@ -472,3 +472,30 @@ class MergePropertyTests(SynchronousTestCase):
 
         self.assertEqual(_snapshot(shuffled), _snapshot(once))
         self.assertEqual(_snapshot(twice), _snapshot(once))
+
+
+class PeakTests(SynchronousTestCase):
+    """
+    How big the cluster is meant to be, as a node sees it.
+    """
+
+    def test_peak_counts_members_named_dead(self) -> None:
+        """
+        A node that met one live peer whose table names five members (three
+        of them dead) knows the cluster has five, though only two are live.
+        """
+        table = Membership(member("n4"), 0.0, 15.0, 30.0)
+        table.merge([member("n1"), member("n0", status=DEAD), member("n2", status=DEAD),
+                     member("n3", status=DEAD)], 1.0)
+        self.assertEqual([m.node_id for m in table.live()], ["n1", "n4"])
+        self.assertEqual(table.peak, 5)
+
+    def test_peak_drops_with_leavers(self) -> None:
+        """
+        Members that leave gracefully make the cluster smaller.
+        """
+        table = Membership(member("a"), 0.0, 15.0, 30.0)
+        table.merge([member("b"), member("c")], 1.0)
+        self.assertEqual(table.peak, 3)
+        table.merge([member("c", heartbeat=11, status=LEFT)], 2.0)
+        self.assertEqual(table.peak, 2)

@@ -21,7 +21,7 @@ from dhtwisted.version import HybridClock, node_tag
 
 def _participant(clock: Clock, name: str = "n") -> tuple[Participant, Store]:
     store = Store()
-    return Participant(store, HybridClock(clock.seconds, node_tag(name))), store
+    return Participant(store, HybridClock(clock.seconds, node_tag(name)), clock.seconds), store
 
 
 class ParticipantTests(SynchronousTestCase):
@@ -99,6 +99,44 @@ class ParticipantTests(SynchronousTestCase):
         self.assertFalse(vote.yes)
         self.assertEqual(self.participant.locked_keys, 0)
 
+    def test_older_waits_for_the_lock(self) -> None:
+        """
+        Wait-die: a prepare older than the lock holder waits and is answered
+        yes once the holder finishes; a younger one votes no at once.
+        """
+        votes: list = []
+        self.participant.prepare("young", [(b"a", b"1")], ["n"], 2000, "m", b"\x05")
+        self.assertIsNone(self.participant.prepare("old", [(b"a", b"2")], ["n"], 2000, "m",
+                                                   b"\x01", votes.append))
+        younger = self.participant.prepare("younger", [(b"a", b"3")], ["n"], 2000, "m",
+                                           b"\x09", votes.append)
+        self.assertFalse(younger.yes)
+        self.assertTrue(younger.conflict)
+        self.assertEqual(votes, [])
+        self.participant.commit("young", self.version)
+        self.assertEqual(len(votes), 1)
+        self.assertTrue(votes[0].yes)
+        self.assertEqual(self.participant.status("old"), ("prepared", b""))
+
+    def test_lock_wait_expires(self) -> None:
+        """
+        A waiting prepare votes no once lock_wait passed, or when its
+        transaction is aborted; it never holds a lock meanwhile.
+        """
+        votes: list = []
+        self.participant.prepare("young", [(b"a", b"1")], ["n"], 2000, "m", b"\x05")
+        self.participant.prepare("old", [(b"a", b"2")], ["n"], 2000, "m", b"\x01",
+                                 votes.append)
+        self.participant.prepare("older", [(b"a", b"2")], ["n"], 2000, "m", b"\x00",
+                                 votes.append)
+        self.participant.abort("older")
+        self.assertEqual([v.yes for v in votes], [False])
+        self.participant.expire_waiting(self.clock.seconds() + 0.5)
+        self.assertEqual(len(votes), 1)
+        self.participant.expire_waiting(self.clock.seconds() + 1.0)
+        self.assertEqual([v.yes for v in votes], [False, False])
+        self.assertEqual(self.participant.locked_keys, 1)
+
     def test_commit_with_writes_after_abort(self) -> None:
         """
         A participant that gave up on a transaction still applies a later
@@ -152,14 +190,15 @@ class ScriptedReplica:
             return Deferred()
         return run()
 
-    def prepare(self, txid: str, writes: list, participants: list) -> Deferred:
+    def prepare(self, txid: str, writes: list, participants: list,
+                priority: bytes = b"") -> Deferred:
         """
         Vote, as scripted.
         """
         if self.vote_no is not None:
             return self._call("prepare", txid, lambda: succeed(self.vote_no))
         return self._call("prepare", txid,
-                          lambda: self.local.prepare(txid, writes, participants))
+                          lambda: self.local.prepare(txid, writes, participants, priority))
 
     def commit(self, txid: str, version: bytes, writes: Optional[list] = None) -> Deferred:
         """
