@@ -1,4 +1,3 @@
-# -*- test-case-name: tests.test_bench -*-
 """
 C{dht-bench}: dhtwisted beside Redis, measured with redis-benchmark in one run.
 

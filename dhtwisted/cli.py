@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.test_process -*-
 """
 Console scripts: C{dht-client}, the line client, and C{dhserver}, the
 reference's way of starting a node.

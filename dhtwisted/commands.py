@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_commands -*-
+# -*- test-case-name: tests.test_server -*-
 """
 The client commands, independent of how they arrived (text or RESP).
 

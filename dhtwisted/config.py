@@ -332,6 +332,14 @@ class NodeConfig:
                  f"= {self.max_value + self.max_key + 1024}")
 
     @property
+    def max_message(self) -> int:
+        """
+        The most bytes of keys and values one peer message may carry: half
+        a frame, leaving room for everything else in it.
+        """
+        return self.max_frame // 2
+
+    @property
     def peer_address(self) -> Address:
         """
         The address peers dial: C{advertise}, else C{listen}.

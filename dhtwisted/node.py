@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -38,7 +38,7 @@ from .commands import Commands
 from .config import Address, NodeConfig, parse_address
 from .interfaces import IReplica
 from .membership import LEFT, Member, Membership, Refused
-from .peer import PeerFactory, PeerPool, PeerProtocol, PeerUnavailable
+from .peer import Connect, PeerFactory, PeerPool, PeerProtocol, PeerUnavailable
 from .replica import RemoteReplica
 from .ring import Ring, node_tokens
 from .server import NodeFactory, NodeProtocol
@@ -80,7 +80,6 @@ FULL_PASS_EVERY = 6
 #: The chance, each gossip round, of also probing a seed or a forgotten member.
 PROBE_CHANCE = 0.25
 
-Connect = Callable[[str, PeerFactory], Deferred[PeerProtocol]]
 
 
 class DHTNode(MultiService):
@@ -124,7 +123,7 @@ class DHTNode(MultiService):
             rpc_timeout=config.rpc_timeout, rng=self.rng, is_member=self._is_member, keep=keep,
         )
         self.commands = Commands(self, config.max_key, config.max_value,
-                                 max_write=config.max_frame // 2)
+                                 max_write=config.max_message)
         self.factory = NodeFactory(
             self.commands,
             max_line=config.max_line,
@@ -219,11 +218,8 @@ class DHTNode(MultiService):
         self.membership.leave(self.reactor.seconds())
         log.info("node {node_id} leaving: handing {count} records to {peers} peers",
                  node_id=self.node_id, count=len(self.store), peers=len(peers))
-        env = Envelope()
-        for m in self.membership.members():
-            member_to_pb(m, env.gossip.members.add())
-        payload = env.SerializeToString()
-        await DeferredList([self._gossip_with(m.node_id, m.address, payload) for m in peers],
+        table = self._table()
+        await DeferredList([self._gossip_with(m.node_id, m.address, table) for m in peers],
                            consumeErrors=True)
         while len(self.store):
             before = len(self.store)
@@ -366,12 +362,11 @@ class DHTNode(MultiService):
         reply = Envelope()
         if kind == "gossip":
             self._merge([member_from_pb(m) for m in request.gossip.members])
-            for m in self.membership.members():
-                member_to_pb(m, reply.gossip.members.add())
+            reply = self._table()
         elif kind == "get":
             # at most half a frame of values: the caller asks again for the rest
             records = reply.get_reply.records
-            budget = self.config.max_frame // 2
+            budget = self.config.max_message
             for key in request.get.keys:
                 record = self.store.get(key)
                 budget -= len(key) + len(record.value or b"") + 32
@@ -467,6 +462,7 @@ class DHTNode(MultiService):
             self.membership.beat(now)
             self._log_changes(self.membership.check(now))
             self.participant.expire_waiting(now)
+            self.participant.prune(now)
             for txid, coordinator, participants in self.participant.overdue(now):
                 if txid not in self._resolving:
                     self._resolving.add(txid)
@@ -552,21 +548,28 @@ class DHTNode(MultiService):
                           if a != mine and a not in known]
                 if probes and self.rng.random() < PROBE_CHANCE:
                     targets.append((None, self.rng.choice(probes)))
-            env = Envelope()
-            for m in self.membership.members():
-                member_to_pb(m, env.gossip.members.add())
-            payload = env.SerializeToString()
-            calls = [self._gossip_with(node_id, address, payload)
-                     for node_id, address in targets]
+            table = self._table()
+            calls = [self._gossip_with(node_id, address, table) for node_id, address in targets]
         except Exception:
             log.failure("gossip round failed")
             return succeed(None)
         return DeferredList(calls, consumeErrors=True)
 
-    def _gossip_with(self, node_id: Optional[str], address: str, payload: bytes
+    def _table(self) -> Envelope:
+        """
+        This node's member table as a gossip message.
+        """
+        env = Envelope()
+        for m in self.membership.members():
+            member_to_pb(m, env.gossip.members.add())
+        return env
+
+    def _gossip_with(self, node_id: Optional[str], address: str, table: Envelope
                      ) -> Deferred[None]:
+        # one envelope serves every target: a call sets its request id and
+        # sends it at once
         def send(link: PeerProtocol) -> Deferred[Envelope]:
-            return link.call(Envelope.FromString(payload))
+            return link.call(table)
 
         def merge(reply: Envelope) -> None:
             if reply.WhichOneof("body") == "gossip":
@@ -651,7 +654,7 @@ class DHTNode(MultiService):
 
     async def _push_all(self, owner: str, records: list[tuple[bytes, Record]]) -> set[bytes]:
         stored: set[bytes] = set()
-        for chunk in _chunks(records, self.config.max_frame // 2):
+        for chunk in _chunks(records, self.config.max_message):
             env = Envelope()
             for key, record in chunk:
                 record_to_pb(key, record, env.push.records.add())

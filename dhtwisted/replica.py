@@ -13,12 +13,11 @@ from zope.interface import implementer
 from .interfaces import IReplica
 from .peer import PeerError, PeerProtocol
 from .store import Record
-from .twopc import Vote
+from .twopc import Vote, Write
 from .wire import Envelope, record_from_pb, vote_from_pb
 
 __all__ = ["RemoteReplica", "fill_writes"]
 
-Write = tuple[bytes, Optional[bytes]]
 
 
 def fill_writes(writes: list[Write], out: object) -> None:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Iterator, NamedTuple, Optional
 
-from .version import NO_VERSION, version_millis
+from .version import NO_VERSION, VERSION_SIZE, version_millis
 
 __all__ = ["Record", "Store"]
 
-_VERSION_LEN = 12
+_VERSION_LEN = VERSION_SIZE
 _LIVE = b"v"
 _TOMBSTONE = b"t"
 

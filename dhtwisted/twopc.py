@@ -274,20 +274,17 @@ class Participant:
         state, version, _ = self._decided.get(txid, (UNKNOWN, NO_VERSION, 0.0))
         return (state, version)
 
+    def prune(self, now: float) -> None:
+        """
+        Forget outcomes older than C{keep}.
+        """
+        _forget_older(self._decided, now - self._keep, lambda entry: entry[2])
+
     def overdue(self, now: float) -> list[tuple[str, str, list[str]]]:
         """
         The transactions still undecided past their deadline, as
-        C{(txid, coordinator, participants)}; forgets old outcomes.
+        C{(txid, coordinator, participants)}.
         """
-        cutoff = now - self._keep
-        # outcomes are inserted in time order: the old ones come first
-        old = []
-        for txid, (_, _, when) in self._decided.items():
-            if when >= cutoff:
-                break
-            old.append(txid)
-        for txid in old:
-            del self._decided[txid]
         return [(t.txid, t.coordinator, t.participants)
                 for t in self._prepared.values() if t.deadline <= now]
 
@@ -391,6 +388,8 @@ class Coordinator:
         self.stats = {"commits": 0, "aborts": 0, "retries": 0, "unconfirmed": 0}
 
     def _timed(self, d: Deferred) -> Deferred:
+        if d.called:  # answered at once (this node): no timer to set
+            return d
         return d.addTimeout(self._timeout, self._reactor)
 
     def _new_txid(self) -> str:
@@ -415,15 +414,8 @@ class Coordinator:
         """
         Forget decisions older than C{keep}.
         """
-        cutoff = self._reactor.seconds() - self._keep
-        # decisions are inserted in time order: the old ones come first
-        old = []
-        for txid, (_, when) in self._decisions.items():
-            if when >= cutoff:
-                break
-            old.append(txid)
-        for txid in old:
-            del self._decisions[txid]
+        _forget_older(self._decisions, self._reactor.seconds() - self._keep,
+                      lambda entry: entry[1])
 
     def stop(self) -> None:
         """
@@ -649,3 +641,17 @@ def _describe(failure: Failure) -> str:
     if failure.check(TimeoutError):
         return "timed out"
     return failure.getErrorMessage() or failure.type.__name__
+
+
+def _forget_older(entries: dict[str, Any], cutoff: float, when: Callable[[Any], float]) -> None:
+    """
+    Drop the entries older than C{cutoff}; they were inserted in time
+    order, so the old ones come first.
+    """
+    old = []
+    for txid, entry in entries.items():
+        if when(entry) >= cutoff:
+            break
+        old.append(txid)
+    for txid in old:
+        del entries[txid]

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wire -*-
+# -*- test-case-name: tests.test_peer -*-
 """
 Peer messages: between protobuf (C{proto/dht.proto}) and dhtwisted's own
 types. The only importer of the generated module.

@@ -33,6 +33,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisc
 from twisted.logger import globalLogPublisher
 from twisted.test import iosim
 
+from dhtwisted import wire
 from dhtwisted.config import Address, default_config
 from dhtwisted.node import DHTNode
 from dhtwisted.peer import PeerFactory, PeerProtocol
@@ -203,7 +204,7 @@ class SimLink:
         server.makeConnection(self.sio)
         client.makeConnection(self.cio)
         self.closed = False
-        self.dirs = [_Direction(self, self.cio, self.sio, a, b, preamble=6),
+        self.dirs = [_Direction(self, self.cio, self.sio, a, b, preamble=len(wire.PREAMBLE)),
                      _Direction(self, self.sio, self.cio, b, a, preamble=0)]
 
     def step(self, now: float) -> bool:
@@ -639,19 +640,16 @@ class Simulation:
             self._workload(now)
             self._check_locks(now)
             self._advance_to(min(next_fault, faults_end, now + 0.05))
-        # faults stop: heal, resume, restart; keep the workload going a bit
+        # faults stop: heal, resume, restart; no new operations from here, so
+        # the last writes made under faults are the ones the final state
+        # must show
         self.log("faults stop")
         self._housekeeping(self.clock.seconds(), ending=True)
         self.net.slow.clear()
         self.net.faults = dict.fromkeys(self.faults, False)
-        # no new operations from here: the last writes made under faults are
-        # the ones the final state must show
-        quiet_from = self.clock.seconds()
         end = self.clock.seconds() + self.settle_time
         while self.clock.seconds() < end:
             now = self.clock.seconds()
-            if now < quiet_from:
-                self._workload(now)
             for client in self.clients:
                 client.poll(now)
             self._check_locks(now)
@@ -791,7 +789,7 @@ class HistoryChecker:
         finals = self._final_writers(key, value, writes, by_value)
         if value is not None and (not finals or finals[0].outcome == "fail"):
             raise Violation(f"{key!r} holds {value!r}, which no committed write wrote")
-        if self._maybe_lost(key):
+        if self.data_loss_possible:
             return
         for op in writes:
             if key not in op.keys or op.outcome != "ok" or op in finals:
@@ -807,7 +805,7 @@ class HistoryChecker:
         shown = [k for k, v in zip(op.keys, op.values) if finals[k] == v]
         if op.outcome == "fail" and shown:
             raise Violation(f"aborted MSET {op.id} is visible on {shown}")
-        if not shown or len(shown) == len(op.keys) or self._maybe_lost(op.keys[0]):
+        if not shown or len(shown) == len(op.keys) or self.data_loss_possible:
             return
         by_value = {v: w for w in writes for v in w.values if v is not None}
         for k in op.keys:
@@ -818,9 +816,6 @@ class HistoryChecker:
             if not later:
                 raise Violation(f"MSET {op.id} partly applied: {shown} show it, {k!r} shows "
                                 f"{finals[k]!r} from an earlier write")
-
-    def _maybe_lost(self, key: bytes) -> bool:
-        return self.data_loss_possible
 
 
 
