@@ -443,7 +443,8 @@ class PeerPool:
         """
         Keep C{link} as the link to its peer. With two links to one peer,
         keep the one dialled by the node with the smaller id and close the
-        other (both ends choose the same).
+        other (both ends choose the same) after a grace period, so that
+        requests in flight on it are not lost.
         """
         peer_id = link.peer_id
         assert peer_id is not None
@@ -451,7 +452,9 @@ class PeerPool:
         if old is not None and old is not link and old.connected:
             keep, drop = sorted([old, link], key=lambda x: x.dialer_id)
             self.links[peer_id] = keep
-            drop.transport.loseConnection()
+            # no new requests go on the other one; it closes once what is
+            # already in flight on it has been answered or timed out
+            self._clock.callLater(drop.rpc_timeout + 1.0, drop.transport.loseConnection)
             return
         self.links[peer_id] = link
 

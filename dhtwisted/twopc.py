@@ -569,10 +569,11 @@ class Coordinator:
         """
         The value of each of C{keys} (C{None} if missing).
 
-        The first C{quorum} replicas of each key are asked at once; a replica
-        that fails, or a key that none of them holds, sends the question on
-        to the next replica in preference order (a replica that has just
-        joined may not have a key yet). The newest version seen wins.
+        The first C{quorum} replicas of each key are asked at once (this
+        node first when it is one of them); a replica that fails, or a key
+        that none of them holds, sends the question on to the next replica in
+        preference order (a replica that has just joined may not have a key
+        yet). The newest version seen wins.
 
         :raise TransactionFailed: if no replica answered.
         """
@@ -580,8 +581,13 @@ class Coordinator:
 
     async def _read(self, keys: list[bytes], quorum: int) -> list[Optional[bytes]]:
         groups: dict[tuple[str, ...], list[int]] = {}
+        me = self._node_id
         for index, key in enumerate(keys):
-            groups.setdefault(tuple(self._replicas_for(key)), []).append(index)
+            nodes = self._replicas_for(key)
+            if me in nodes and nodes[0] != me:
+                # this node is a replica: ask it first, no network needed
+                nodes = [me] + [n for n in nodes if n != me]
+            groups.setdefault(tuple(nodes), []).append(index)
         values: list[Optional[bytes]] = [None] * len(keys)
         reads = [
             Deferred.fromCoroutine(self._read_from(nodes, [keys[i] for i in indexes], quorum))

@@ -742,6 +742,8 @@ class CrossedDialTests(SynchronousTestCase):
         assert self.a.pool is not None and self.b.pool is not None
         self.assertEqual(self.a.pool.links, {"b": self.a_dials})
         self.assertEqual(self.b.pool.links, {"a": self.b_accepts})
+        self.clock.advance(RPC_TIMEOUT + 1.0)  # the grace period of the dropped link
+        self.flush([self.by_a, self.by_b])
         self.assertTrue(self.by_b.clientIO.disconnected and self.by_b.serverIO.disconnected)
         self.assertFalse(self.by_a.clientIO.disconnected or self.by_a.serverIO.disconnected)
         d = self.b_accepts.call(ping())
@@ -782,5 +784,7 @@ class CrossedDialTests(SynchronousTestCase):
             pool.register(links[dialled_first])
             pool.register(links[not dialled_first])
             self.assertEqual(pool.links, {"b": links[True]})
+            self.assertTrue(links[False].transport.connected)  # in flight may finish
             self.assertTrue(links[True].transport.connected)
+            self.clock.advance(RPC_TIMEOUT + 1.0)
             self.assertFalse(links[False].transport.connected)
