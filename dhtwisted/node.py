@@ -369,7 +369,7 @@ class DHTNode(MultiService):
             budget = self.config.max_message
             for key in request.get.keys:
                 record = self.store.get(key)
-                budget -= len(key) + len(record.value or b"") + 32
+                budget -= _record_cost(key, record)
                 if budget < 0 and len(records):
                     break
                 record_to_pb(key, record, records.add())
@@ -743,6 +743,13 @@ def _writes(pb_writes: Any) -> list[tuple[bytes, Optional[bytes]]]:
     return [(w.key, None if w.delete else w.value) for w in pb_writes]
 
 
+def _record_cost(key: bytes, record: Record) -> int:
+    """
+    About how many bytes C{key}'s record takes in a peer message.
+    """
+    return len(key) + len(record.value or b"") + 32
+
+
 def _chunks(records: list[tuple[bytes, Record]], budget: int
             ) -> Iterator[list[tuple[bytes, Record]]]:
     """
@@ -751,7 +758,7 @@ def _chunks(records: list[tuple[bytes, Record]], budget: int
     chunk: list[tuple[bytes, Record]] = []
     size = 0
     for key, record in records:
-        cost = len(key) + len(record.value or b"") + 32
+        cost = _record_cost(key, record)
         if chunk and size + cost > budget:
             yield chunk
             chunk, size = [], 0

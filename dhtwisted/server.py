@@ -254,7 +254,7 @@ class NodeProtocol(Protocol):
         if self._mode == "resp" or b"\n" in data:
             return False
         if self._more_len > self.factory.max_line:
-            self._fatal(f"line too long (max_line is {self.factory.max_line} bytes)")
+            self._line_too_long()
             self._more = []
             self._send()
         return True
@@ -300,7 +300,7 @@ class NodeProtocol(Protocol):
             self._more_len = len(self._buf)
             self._buf = b""
             if self._mode == "text" and self._more_len > self.factory.max_line:
-                self._fatal(f"line too long (max_line is {self.factory.max_line} bytes)")
+                self._line_too_long()
 
     def _process_text(self) -> None:
         buf = self._buf
@@ -311,7 +311,7 @@ class NodeProtocol(Protocol):
             if end < 0:
                 break
             if end - pos > limit:
-                self._fatal(f"line too long (max_line is {limit} bytes)")
+                self._line_too_long()
                 return
             line = buf[pos:end]
             pos = end + 1
@@ -400,6 +400,9 @@ class NodeProtocol(Protocol):
     def _failed(self, failure: Failure, slot: list[Optional[bytes]]) -> None:
         log.failure("reply failed", failure)
         self._fill(ErrorReply("internal error, see the node's log"), slot)
+
+    def _line_too_long(self) -> None:
+        self._fatal(f"line too long (max_line is {self.factory.max_line} bytes)")
 
     def _fatal(self, message: str) -> None:
         """

@@ -61,3 +61,14 @@ class FakeClient:
         """
         return bool(self.transport.disconnecting) or not self.transport.connected
 
+
+class FakeTime:
+    """
+    A time function whose value the test sets.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

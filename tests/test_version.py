@@ -10,17 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dhtwisted.version import NO_VERSION, HybridClock, node_tag, version_millis
 
-
-class FakeTime:
-    """
-    A time function whose value the test sets.
-    """
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from .helpers import FakeTime
 
 
 class HybridClockTests(SynchronousTestCase):
