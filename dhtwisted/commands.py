@@ -2,8 +2,8 @@
 """
 The client commands, independent of how they arrived (text or RESP).
 
-L{Commands.execute} takes a command's arguments and returns its reply, or a
-Deferred of it when replicas must be asked. Replies are plain values that
+L{Commands.execute} takes a command's arguments and returns its reply, or
+L{PENDING} when replicas must be asked and the reply comes later. Replies are plain values that
 each protocol encodes its own way: L{Status}, L{ErrorReply}, C{bytes} (a
 value), C{None} (a missing key), C{int}, a C{list} (one item per key of an
 C{MGET}), L{Lines} (C{INFO}, C{MEMBERS}).
@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .twopc import TransactionFailed
+from .twopc import PENDING, TransactionFailed
 
-__all__ = ["Commands", "ErrorReply", "HelloReply", "Lines", "OK", "QUIT", "Status"]
+__all__ = ["PENDING", "Commands", "ErrorReply", "HelloReply", "Lines", "OK", "QUIT", "Status"]
 
 log = Logger()
 
@@ -65,21 +64,27 @@ PONG = Status("PONG")
 QUIT = Status("OK")
 
 Reply = Union[Status, ErrorReply, bytes, None, int, list, Lines, HelloReply]
+#: Gets the result of a read or write, or an exception.
+Done = Callable[[Any], None]
 
 
 class NodeAPI(Protocol):
     """
-    What the commands need of a node.
+    What the commands need of a node. C{read} and C{write} return their
+    result at once when they can, else L{PENDING}, and then call C{done}
+    once with the result or an exception (L{TransactionFailed}: the
+    command failed, with a reason for the client).
     """
 
-    def read(self, keys: Sequence[bytes]) -> Deferred[list[Optional[bytes]]]:
+    def read(self, keys: Sequence[bytes], done: Done) -> Any:
         """
         Values of C{keys}, C{None} where missing.
         """
 
-    def write(self, writes: Sequence[tuple[bytes, Optional[bytes]]]) -> Deferred[list[bool]]:
+    def write(self, writes: Sequence[tuple[bytes, Optional[bytes]]], done: Done) -> Any:
         """
-        Commit C{writes} everywhere or nowhere; fire with which keys existed.
+        Commit C{writes} everywhere or nowhere; the result is which keys
+        existed.
         """
 
     def info(self, section: Optional[str]) -> list[str]:
@@ -93,9 +98,14 @@ class NodeAPI(Protocol):
         """
 
 
+#: Gets a command's reply, when it comes after L{Commands.execute} returned.
+Respond = Callable[[Reply], None]
+Shape = Callable[[Any], Reply]
+
+
 @dataclass(frozen=True)
 class _Command:
-    run: Callable[["Commands", list[bytes]], object]
+    run: Callable[..., object]
     min_args: int
     max_args: Optional[int]  # None: no upper bound
     pairs: bool = False  # arguments after the name come in pairs
@@ -118,15 +128,16 @@ class Commands:
         self._max_key = max_key
         self._max_value = max_value
         self._max_write = max_write
-        self.calls: Counter[str] = Counter()
+        self.calls: Counter[bytes] = Counter()  # upper-case command name -> count
         self.errors = 0
 
-    def execute(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+    def execute(self, args: list[bytes], respond: Respond) -> Any:
         """
         Run one command.
 
         :param args: the command name and its arguments.
-        :return: the reply, or a Deferred firing with it (never failing).
+        :param respond: called with the reply later, if it is not ready at once.
+        :return: the reply, or L{PENDING} if C{respond} will get it.
         """
         name = args[0].upper()
         command = _TABLE.get(name)
@@ -144,8 +155,8 @@ class Commands:
             return ErrorReply(
                 f"wrong number of arguments for '{name.decode().lower()}' command"
             )
-        self.calls[name.decode()] += 1
-        return command.run(self, args)  # type: ignore[return-value]
+        self.calls[name] += 1
+        return command.run(self, args, respond)
 
     def _check_key(self, key: bytes) -> Optional[ErrorReply]:
         if len(key) > self._max_key:
@@ -164,9 +175,8 @@ class Commands:
             return ErrorReply(f"value is larger than max_value ({self._max_value} bytes)")
         return None
 
-    def _write(
-        self, writes: list[tuple[bytes, Optional[bytes]]], reply: Callable[[list[bool]], Reply]
-    ) -> Union[Reply, Deferred[Reply]]:
+    def _write(self, writes: list[tuple[bytes, Optional[bytes]]], shape: Shape,
+               respond: Respond) -> Any:
         total = 0
         for key, value in writes:
             error = self._check_key(key) or (value is not None and self._check_value(value))
@@ -176,69 +186,81 @@ class Commands:
         if self._max_write is not None and total > self._max_write:
             return ErrorReply(f"write too large: {total} bytes of keys and values, "
                               f"at most {self._max_write} (half of max_frame)")
-        return self._settle(self._node.write(writes), reply)
+        return self._settle(self._node.write, writes, shape, respond)
 
-    def _settle(self, d: Deferred, reply: Callable) -> Deferred[Reply]:
-        def failed(f: Failure) -> ErrorReply:
-            self.errors += 1
-            if f.check(TransactionFailed):
-                return ErrorReply(f.value.reason)
-            log.failure("command failed", f)
-            return ErrorReply("internal error, see the node's log")
+    def _settle(self, run: Callable[[Any, Done], Any], arg: Any, shape: Shape,
+                respond: Respond) -> Any:
+        """
+        C{run(arg, done)} as a reply: C{shape} of its result, or an error.
+        """
+        def done(result: Any) -> None:
+            respond(self._outcome(result, shape))
 
-        return d.addCallbacks(reply, failed)
+        try:
+            result = run(arg, done)
+        except Exception as e:
+            return self._outcome(e, shape)
+        if result is PENDING:
+            return PENDING
+        return shape(result)
 
-    def _get(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+    def _outcome(self, result: Any, shape: Shape) -> Reply:
+        if not isinstance(result, Exception):
+            return shape(result)
+        self.errors += 1
+        if isinstance(result, TransactionFailed):
+            return ErrorReply(result.reason)
+        log.failure("command failed", Failure(result))
+        return ErrorReply("internal error, see the node's log")
+
+    def _get(self, args: list[bytes], respond: Respond) -> Any:
         return self._check_key(args[1]) or self._settle(
-            self._node.read([args[1]]), lambda values: values[0]
-        )
+            self._node.read, [args[1]], _first, respond)
 
-    def _mget(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+    def _mget(self, args: list[bytes], respond: Respond) -> Any:
         keys = args[1:]
-        return self._check_keys(keys) or self._settle(self._node.read(keys), list)
+        return self._check_keys(keys) or self._settle(self._node.read, keys, list, respond)
 
-    def _exists(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+    def _exists(self, args: list[bytes], respond: Respond) -> Any:
         keys = args[1:]
-        return self._check_keys(keys) or self._settle(
-            self._node.read(keys), lambda values: sum(v is not None for v in values)
-        )
+        return self._check_keys(keys) or self._settle(self._node.read, keys, _count, respond)
 
-    def _set(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+    def _set(self, args: list[bytes], respond: Respond) -> Any:
         if len(args) > 3:
             return ErrorReply("syntax error: SET takes a key and a value; "
                               "options such as EX, PX, NX and XX are not supported")
-        return self._write([(args[1], args[2])], lambda _: OK)
+        return self._write([(args[1], args[2])], _ok, respond)
 
-    def _mset(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
+    def _mset(self, args: list[bytes], respond: Respond) -> Any:
         pairs = [(args[i], args[i + 1]) for i in range(1, len(args), 2)]
-        return self._write(pairs, lambda _: OK)  # type: ignore[arg-type]
+        return self._write(pairs, _ok, respond)  # type: ignore[arg-type]
 
-    def _del(self, args: list[bytes]) -> Union[Reply, Deferred[Reply]]:
-        return self._write([(key, None) for key in args[1:]], sum)
+    def _del(self, args: list[bytes], respond: Respond) -> Any:
+        return self._write([(key, None) for key in args[1:]], sum, respond)
 
-    def _ping(self, args: list[bytes]) -> Reply:
+    def _ping(self, args: list[bytes], respond: Respond) -> Reply:
         return args[1] if len(args) > 1 else PONG
 
-    def _echo(self, args: list[bytes]) -> Reply:
+    def _echo(self, args: list[bytes], respond: Respond) -> Reply:
         return args[1]
 
-    def _info(self, args: list[bytes]) -> Reply:
+    def _info(self, args: list[bytes], respond: Respond) -> Reply:
         section = args[1].decode("utf-8", "replace").lower() if len(args) > 1 else None
         return Lines(self._node.info(section))
 
-    def _members(self, args: list[bytes]) -> Reply:
+    def _members(self, args: list[bytes], respond: Respond) -> Reply:
         return Lines(self._node.members())
 
-    def _quit(self, args: list[bytes]) -> Reply:
+    def _quit(self, args: list[bytes], respond: Respond) -> Reply:
         return QUIT
 
-    def _ok(self, args: list[bytes]) -> Reply:
+    def _ok(self, args: list[bytes], respond: Respond) -> Reply:
         return OK
 
-    def _empty(self, args: list[bytes]) -> Reply:
+    def _empty(self, args: list[bytes], respond: Respond) -> Reply:
         return []
 
-    def _hello(self, args: list[bytes]) -> Reply:
+    def _hello(self, args: list[bytes], respond: Respond) -> Reply:
         proto = args[1] if len(args) > 1 else b"2"
         if proto not in (b"2", b"3"):
             return ErrorReply("NOPROTO unsupported protocol version")
@@ -251,10 +273,22 @@ class Commands:
             ("mode", "cluster"), ("role", "master"),
         ))
 
-    def _select(self, args: list[bytes]) -> Reply:
+    def _select(self, args: list[bytes], respond: Respond) -> Reply:
         if args[1] == b"0":
             return OK
         return ErrorReply("only database 0 exists")
+
+
+def _first(values: list) -> Reply:
+    return values[0]  # type: ignore[no-any-return]
+
+
+def _count(values: list) -> Reply:
+    return sum(v is not None for v in values)
+
+
+def _ok(existed: object) -> Reply:
+    return OK
 
 
 _TABLE: dict[bytes, _Command] = {

@@ -10,31 +10,39 @@ from zope.interface import Interface
 class IReplica(Interface):
     """
     One node as a holder of data, seen from a coordinator: the node itself
-    (called directly) or a peer (reached over its peer link). Every method
-    returns a Deferred.
+    (called directly) or a peer (reached over its peer link).
+
+    Every method takes an C{answer} callable and calls it exactly once: with
+    the result, or with an C{Exception} if the call failed or timed out.
+    It may be called before the method returns (this node answers at once)
+    and must be called within the RPC timeout (a peer link enforces it).
+    Callbacks rather than Deferreds: these calls are the hot path of every
+    read and write.
     """
 
     def prepare(txid: str, writes: list, participants: list,  # type: ignore[misc]
-                priority: bytes = b"") -> object:
+                priority: bytes, answer: object) -> None:
         """
         Lock and stage C{writes} (C{(key, value or None)} pairs) for
-        transaction C{txid}; fire with a L{dhtwisted.twopc.Vote}. An older
+        transaction C{txid}; answer a L{dhtwisted.twopc.Vote}. An older
         C{priority} may wait for a lock held by a younger transaction.
         """
 
-    def commit(txid: str, version: bytes, writes: object = None) -> object:  # type: ignore[misc]
+    def commit(txid: str, version: bytes, writes: object,  # type: ignore[misc]
+               answer: object) -> None:
         """
-        Apply the writes staged for C{txid} (or C{writes}, when given) at
-        C{version} and release their locks; fire with whether it is now
-        committed there.
-        """
-
-    def abort(txid: str) -> object:  # type: ignore[misc]
-        """
-        Drop the writes staged for C{txid} and release their locks.
+        Apply the writes staged for C{txid} (or C{writes}, when not
+        C{None}) at C{version} and release their locks; answer whether it is
+        now committed there.
         """
 
-    def read(keys: list) -> object:  # type: ignore[misc]
+    def abort(txid: str, answer: object) -> None:  # type: ignore[misc]
         """
-        Fire with the L{dhtwisted.store.Record} held for each of C{keys}.
+        Drop the writes staged for C{txid} and release their locks; answer
+        whether it had been prepared there.
+        """
+
+    def read(keys: list, answer: object) -> None:  # type: ignore[misc]
+        """
+        Answer the L{dhtwisted.store.Record} held for each of C{keys}.
         """

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -77,6 +77,9 @@ _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
 PUSH_BATCH = 500
 #: Every this many stabilization rounds, a full pass runs even if nothing changed.
 FULL_PASS_EVERY = 6
+#: How many times a write that met a lock conflict is tried again (within
+#: rpc_timeout of its start).
+RETRIES = 100
 #: The chance, each gossip round, of also probing a seed or a forgotten member.
 PROBE_CHANCE = 0.25
 
@@ -118,9 +121,11 @@ class DHTNode(MultiService):
         self._local = LocalReplica(
             self.node_id, self.participant, self.store, self._prepare_deadline
         )
+        self._remote: dict[str, RemoteReplica] = {}
         self.coordinator = Coordinator(
             self.node_id, self.clock, reactor, self.replicas_for, self.replica,
             rpc_timeout=config.rpc_timeout, rng=self.rng, is_member=self._is_member, keep=keep,
+            local=self.participant, retries=RETRIES, retry_for=config.rpc_timeout,
         )
         self.commands = Commands(self, config.max_key, config.max_value,
                                  max_write=config.max_message)
@@ -265,7 +270,17 @@ class DHTNode(MultiService):
         """
         if node_id == self.node_id:
             return self._local
-        return RemoteReplica(self.node_id, lambda: self._link(node_id))
+        remote = self._remote.get(node_id)
+        if remote is None:
+            remote = self._remote[node_id] = RemoteReplica(
+                self.node_id, lambda: self._ready_link(node_id))
+        return remote
+
+    def _ready_link(self, node_id: str) -> Union[PeerProtocol, Deferred[PeerProtocol]]:
+        link = self.pool.links.get(node_id)
+        if link is not None and link.connected:
+            return link
+        return self._link(node_id)
 
     def _link(self, node_id: str) -> Deferred[PeerProtocol]:
         member = self.membership.get(node_id)
@@ -279,13 +294,14 @@ class DHTNode(MultiService):
 
     # -- commands
 
-    def read(self, keys: Sequence[bytes]) -> Deferred[list[Optional[bytes]]]:
+    def read(self, keys: Sequence[bytes], done: Callable[[Any], None]) -> Any:
         """
         See L{dhtwisted.commands.NodeAPI.read}.
         """
-        return self.coordinator.read(keys, self.config.read_quorum)
+        return self.coordinator.read(keys, done, self.config.read_quorum)
 
-    def write(self, writes: Sequence[tuple[bytes, Optional[bytes]]]) -> Deferred[list[bool]]:
+    def write(self, writes: Sequence[tuple[bytes, Optional[bytes]]],
+              done: Callable[[Any], None]) -> Any:
         """
         See L{dhtwisted.commands.NodeAPI.write}.
 
@@ -294,16 +310,17 @@ class DHTNode(MultiService):
         off from the rest, which goes on writing, and its writes would be
         lost or win over newer ones when the partition heals.
         """
-        live = len(self.membership.live())
-        needed = min(self.config.replicas, self.membership.peak)
-        if self.config.seeds and self.membership.peak == 1:
-            return fail(TransactionFailed(
-                "not part of a cluster yet: no seed answered; nothing applied"))
-        if live < needed:
-            return fail(TransactionFailed(
-                f"only {live} live members in view, a write needs {needed}; "
-                "nothing applied"))
-        return self.coordinator.write(writes)
+        live = len(self.ring)
+        membership = self.membership
+        if live < self.config.replicas:
+            needed = min(self.config.replicas, membership.peak)
+            if live < needed:
+                raise TransactionFailed(
+                    f"only {live} live members in view, a write needs {needed}; "
+                    "nothing applied")
+        if membership.peak == 1 and self.config.seeds:
+            raise TransactionFailed("not part of a cluster yet: no seed answered; nothing applied")
+        return self.coordinator.write(writes, done)
 
     # -- peers (PeerHandler)
 
@@ -713,7 +730,8 @@ class DHTNode(MultiService):
                 ("txn_unconfirmed", self.coordinator.stats["unconfirmed"]),
                 ("txn_resolved", self.stats["resolved"]),
             ]
-            + [(f"cmd_{name.lower()}", n) for name, n in sorted(self.commands.calls.items())],
+            + [(f"cmd_{name.decode().lower()}", n)
+               for name, n in sorted(self.commands.calls.items())],
         }
         if section not in (None, "all", "everything", "default"):
             sections = {k: v for k, v in sections.items() if k == section}

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Protocol, Union
 
 from google.protobuf.message import DecodeError
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 log = Logger()
+
+#: A callback that gets a result, or an C{Exception} in its place.
+Answer = Callable[[Any], None]
 
 
 class PeerDisconnected(Exception):
@@ -114,10 +117,16 @@ class PeerProtocol(Int32StringReceiver):
         self.peer: Optional[Member] = None
         self.connected = False
         self._ids = itertools.count(1)
-        self._pending: dict[int, Deferred[Envelope]] = {}
+        # request id -> (answer, deadline), in the order sent (so by deadline)
+        self._pending: dict[int, tuple[Answer, float]] = {}
+        self._sweep: Optional[IDelayedCall] = None
         self._ready: list[Deferred[PeerProtocol]] = []
         self._preamble = None if dialer else b""  # acceptor: bytes of the preamble seen
         self._closing = False
+        # envelopes waiting to go out together in one frame
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flush_call: Optional[IDelayedCall] = None
 
     @property
     def peer_id(self) -> Optional[str]:
@@ -149,13 +158,18 @@ class PeerProtocol(Int32StringReceiver):
         The dialler sends the preamble and its Hello.
         """
         self.connected = True
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            # replies are small and awaited: Nagle's algorithm would hold them
+            set_no_delay(True)
         if self.dialer:
             self.transport.write(PREAMBLE)
             hello = Envelope()
             member_to_pb(self.node.me(), hello.hello.member)
             # a bad Welcome (or a node that cannot take it) fails the
             # handshake too, rather than leaving it waiting forever
-            self._call(hello).addCallback(self._welcomed).addErrback(self._refused)
+            _deferred(self._request, hello).addCallback(self._welcomed).addErrback(self._refused)
+            self._flush()
 
     def _welcomed(self, reply: Envelope) -> None:
         if reply.WhichOneof("body") != "welcome":
@@ -193,6 +207,7 @@ class PeerProtocol(Int32StringReceiver):
         """
         Close the link and read nothing more from it.
         """
+        self._flush()
         self._closing = True
         self.transport.loseConnection()
 
@@ -237,17 +252,23 @@ class PeerProtocol(Int32StringReceiver):
                      peer=self.peer_id or self._address())
             self._close()
             return
+        pending = self._pending
         for envelope in frame.envelopes:
             if not self.connected or self._closing:
                 return
             if envelope.reply:
-                d = self._pending.pop(envelope.request_id, None)
-                if d is not None:
-                    d.callback(envelope)
+                entry = pending.pop(envelope.request_id, None)
+                if entry is not None:
+                    if envelope.WhichOneof("body") == "error":
+                        _answer(entry[0], PeerError(envelope.error.reason))
+                    else:
+                        _answer(entry[0], envelope)
             else:
-                self._request(envelope)
+                self._handle(envelope)
+        # the replies to this frame's requests go out together, now
+        self._flush()
 
-    def _request(self, envelope: Envelope) -> None:
+    def _handle(self, envelope: Envelope) -> None:
         kind = envelope.WhichOneof("body")
         if self.peer is None:
             if kind != "hello" or self.dialer:
@@ -292,50 +313,144 @@ class PeerProtocol(Int32StringReceiver):
         self._send(reply)
 
     def _send(self, envelope: Envelope) -> None:
-        frame = Frame()
-        frame.envelopes.append(envelope)
-        self.sendString(frame.SerializeToString())
+        """
+        Queue C{envelope}: the envelopes sent during one turn of the reactor
+        go out together, in one frame, when it ends (or, for the replies to
+        a frame of requests, once the frame is handled).
+        """
+        data = envelope.SerializeToString()
+        if self._out_size + len(data) > self.MAX_LENGTH - 64:
+            self._flush()
+        self._out.append(data)
+        self._out_size += len(data) + 6
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_call = None
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        self._out_size = 0
+        if not self.connected:
+            return
+        # a Frame is its envelopes, each as field 1: tag, length, bytes
+        self.sendString(b"".join([b"\n" + _varint(len(data)) + data for data in out]))
 
     def call(self, envelope: Envelope) -> Deferred[Envelope]:
         """
         Send a request and get its reply, or fail with L{PeerError},
-        L{PeerDisconnected} or a timeout.
+        L{PeerDisconnected}, L{PeerUnavailable} or a timeout.
+        """
+        return _deferred(self.request, envelope)
+
+    def request(self, envelope: Envelope, answer: Answer) -> None:
+        """
+        Send a request; C{answer} is called once, with the reply envelope,
+        or with L{PeerError} (the peer answered an error),
+        L{PeerDisconnected}, L{PeerUnavailable} or a C{TimeoutError} after
+        C{rpc_timeout}. (L{call} without a Deferred, for the hot path.)
         """
         if self.peer is None:
-            return fail(PeerUnavailable("handshake not done"))
-        return self._call(envelope)
+            answer(PeerUnavailable("handshake not done"))
+            return
+        self._request(envelope, answer)
 
-    def _call(self, envelope: Envelope) -> Deferred[Envelope]:
-        if not self.connected:
-            return fail(PeerDisconnected(f"link to {self.peer_id} is closed"))
+    def _request(self, envelope: Envelope, answer: Answer) -> None:
+        if not self.connected or self._closing:
+            answer(PeerDisconnected(f"link to {self.peer_id} is closed"))
+            return
         request_id = next(self._ids)
         envelope.request_id = request_id
-
-        def cancel(d: Deferred[Envelope]) -> None:
-            self._pending.pop(request_id, None)
-
-        d: Deferred[Envelope] = Deferred(cancel)
-        self._pending[request_id] = d
+        self._pending[request_id] = (answer, self.clock.seconds() + self.rpc_timeout)
+        if self._sweep is None:
+            self._sweep = self.clock.callLater(self.rpc_timeout, self._expire)
         self._send(envelope)
-        d.addCallback(_check_error)
-        return d.addTimeout(self.rpc_timeout, self.clock)
+
+    def _expire(self) -> None:
+        """
+        Time out the requests past their deadline; one timer per link, set
+        for the oldest request still waiting.
+        """
+        self._sweep = None
+        now = self.clock.seconds()
+        pending = self._pending
+        expired = []
+        for request_id, (_, deadline) in pending.items():
+            if deadline > now + 1e-6:
+                break
+            expired.append(request_id)
+        for request_id in expired:
+            answer = pending.pop(request_id)[0]
+            _answer(answer, TimeoutError(f"{self.peer_id or self._address()} did not answer "
+                                         f"within {self.rpc_timeout} s"))
+        if pending:
+            deadline = next(iter(pending.values()))[1]
+            self._sweep = self.clock.callLater(max(deadline - now, 0.001), self._expire)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """
         Fail every pending request and tell the node.
         """
         self.connected = False
+        self._out = []
+        for call in (self._sweep, self._flush_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._sweep = self._flush_call = None
         pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.errback(PeerDisconnected(f"link to {self.peer_id or self._address()} lost"))
+        for answer, _ in pending.values():
+            _answer(answer, PeerDisconnected(f"link to {self.peer_id or self._address()} lost"))
         self._fail_ready(Failure(PeerDisconnected("link closed during the handshake")))
         self.node.link_lost(self)
 
 
-def _check_error(reply: Envelope) -> Envelope:
-    if reply.WhichOneof("body") == "error":
-        raise PeerError(reply.error.reason)
-    return reply
+def _answer(answer: Answer, result: Any) -> None:
+    """
+    Give C{result} to C{answer}; a failing callback is logged, and does not
+    stop the link handling the rest of its frame.
+    """
+    try:
+        answer(result)
+    except Exception:
+        log.failure("handling a peer reply failed")
+
+
+def _deferred(request: Callable[[Envelope, Answer], None], envelope: Envelope
+              ) -> Deferred[Envelope]:
+    """
+    Send C{envelope} with C{request}; a Deferred of the reply.
+    """
+    d: Deferred[Envelope] = Deferred()
+
+    def answer(result: Any) -> None:
+        if d.called:
+            return
+        if isinstance(result, Exception):
+            d.errback(Failure(result))
+        else:
+            d.callback(result)
+
+    request(envelope, answer)
+    return d
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _error_reply(error: Union[Exception, Failure]) -> Envelope:

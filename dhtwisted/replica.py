@@ -5,19 +5,22 @@ A peer as a replica: the L{IReplica} calls as peer requests.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import IReplica
-from .peer import PeerError, PeerProtocol
+from .peer import Answer, PeerError, PeerProtocol
 from .store import Record
-from .twopc import Vote, Write
-from .wire import Envelope, record_from_pb, vote_from_pb
+from .twopc import Write
+from .wire import Envelope, TxnStatus, record_from_pb, vote_from_pb
 
 __all__ = ["RemoteReplica", "fill_writes"]
 
+#: Gets a ready link to a peer: at once, or (while it is dialled) later.
+GetLink = Callable[[], Union[PeerProtocol, Deferred[PeerProtocol]]]
 
 
 def fill_writes(writes: list[Write], out: object) -> None:
@@ -33,36 +36,44 @@ def fill_writes(writes: list[Write], out: object) -> None:
             w.value = value
 
 
-def _expect(kind: str) -> Callable[[Envelope], Envelope]:
-    def check(reply: Envelope) -> Envelope:
-        got = reply.WhichOneof("body")
-        if got != kind:
-            raise PeerError(f"expected {kind}, got {got}")
-        return reply
-
-    return check
-
-
 @implementer(IReplica)
 class RemoteReplica:
     """
-    Another node, reached over its peer link.
+    Another node, reached over its peer link. Its answers come within the
+    link's RPC timeout (see L{PeerProtocol.request}).
 
     :param node_id: this node's id (the coordinator).
     :param link: gets a ready link to the peer.
     """
 
-    def __init__(self, node_id: str, link: Callable[[], Deferred[PeerProtocol]]) -> None:
+    def __init__(self, node_id: str, link: GetLink) -> None:
         self._node_id = node_id
         self._link = link
 
-    def _call(self, envelope: Envelope, kind: str) -> Deferred[Envelope]:
-        return self._link().addCallback(lambda link: link.call(envelope)).addCallback(
-            _expect(kind)
-        )
+    def _send(self, envelope: Envelope, kind: str, convert: Callable[[Envelope], Any],
+              answer: Answer) -> None:
+        """
+        Send C{envelope}; answer C{convert} of a reply of C{kind}.
+        """
+        def got(reply: Any) -> None:
+            if isinstance(reply, Exception):
+                answer(reply)
+            elif reply.WhichOneof("body") != kind:
+                answer(PeerError(f"expected {kind}, got {reply.WhichOneof('body')}"))
+            else:
+                answer(convert(reply))
+
+        link = self._link()
+        if isinstance(link, Deferred):
+            def failed(f: Failure) -> None:
+                answer(f.value)
+
+            link.addCallbacks(lambda ready: ready.request(envelope, got), failed)
+        else:
+            link.request(envelope, got)
 
     def prepare(self, txid: str, writes: list[Write], participants: list[str],
-                priority: bytes = b"") -> Deferred[Vote]:
+                priority: bytes, answer: Answer) -> None:
         """
         See L{IReplica.prepare}.
         """
@@ -73,11 +84,10 @@ class RemoteReplica:
         prepare.priority = priority
         prepare.participants.extend(participants)
         fill_writes(writes, prepare.writes)
+        self._send(env, "vote", _vote, answer)
 
-        return self._call(env, "vote").addCallback(lambda reply: vote_from_pb(reply.vote))
-
-    def commit(self, txid: str, version: bytes,
-               writes: Optional[list[Write]] = None) -> Deferred[bool]:
+    def commit(self, txid: str, version: bytes, writes: Optional[list[Write]],
+               answer: Answer) -> None:
         """
         See L{IReplica.commit}.
         """
@@ -86,33 +96,56 @@ class RemoteReplica:
         env.commit.version = version
         if writes is not None:
             fill_writes(writes, env.commit.writes)
-        return self._call(env, "txn_status").addCallback(
-            lambda reply: reply.txn_status.state == reply.txn_status.COMMITTED
-        )
+        self._send(env, "txn_status", _committed, answer)
 
-    def abort(self, txid: str) -> Deferred[bool]:
+    def abort(self, txid: str, answer: Answer) -> None:
         """
         See L{IReplica.abort}.
         """
         env = Envelope()
         env.abort.txid = txid
-        return self._call(env, "ack").addCallback(lambda _: True)
+        self._send(env, "ack", _true, answer)
 
-    def read(self, keys: list[bytes]) -> Deferred[list[Record]]:
+    def read(self, keys: list[bytes], answer: Answer) -> None:
         """
-        See L{IReplica.read}.
+        See L{IReplica.read}. A peer answers at most half a frame of
+        values: the rest is asked for again.
         """
-        return Deferred.fromCoroutine(self._read(keys))
-
-    async def _read(self, keys: list[bytes]) -> list[Record]:
-        # a peer answers at most half a frame of values: ask again for the rest
         got: list[Record] = []
-        while len(got) < len(keys):
+
+        def ask() -> None:
             env = Envelope()
-            env.get.keys.extend(keys[len(got):])
-            reply = await self._call(env, "get_reply")
-            records = reply.get_reply.records
-            if not records or len(records) > len(keys) - len(got):
-                raise PeerError(f"asked {len(keys) - len(got)} keys, got {len(records)} records")
+            env.get.keys.extend(keys[len(got):] if got else keys)
+            self._send(env, "get_reply", _records, more)
+
+        def more(records: Any) -> None:
+            if isinstance(records, Exception):
+                answer(records)
+                return
+            wanted = len(keys) - len(got)
+            if not records or len(records) > wanted:
+                answer(PeerError(f"asked {wanted} keys, got {len(records)} records"))
+                return
             got.extend(record_from_pb(r) for r in records)
-        return got
+            if len(got) < len(keys):
+                ask()
+            else:
+                answer(got)
+
+        ask()
+
+
+def _vote(reply: Envelope) -> Any:
+    return vote_from_pb(reply.vote)
+
+
+def _committed(reply: Envelope) -> bool:
+    return reply.txn_status.state == TxnStatus.COMMITTED
+
+
+def _true(reply: Envelope) -> bool:
+    return True
+
+
+def _records(reply: Envelope) -> Any:
+    return reply.get_reply.records

@@ -19,14 +19,13 @@ import re
 from collections import deque
 from typing import Callable, Optional, Union
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .commands import QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
+from .commands import OK, PENDING, QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
 from .quoting import QuotingError, quote_value, reply_shape, split_args
 from .wire import MAGIC
 from .resp import (
@@ -49,6 +48,7 @@ PEER_MAGIC = MAGIC
 
 _HTTP = re.compile(rb"^(GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT) \S+ HTTP/\d\.\d$")
 _TEXT_EOL = b"\r\n"
+_RESP_OK = b"+OK\r\n"
 
 
 def encode_text(reply: Reply) -> bytes:
@@ -81,6 +81,10 @@ def encode_resp(reply: Reply) -> bytes:
     """
     A reply in RESP2.
     """
+    if type(reply) is bytes:
+        return b"$%d\r\n%s\r\n" % (len(reply), reply)
+    if reply is OK:
+        return _RESP_OK
     if reply is None or isinstance(reply, bytes):
         return encode_bulk(reply)
     if isinstance(reply, Status):
@@ -351,28 +355,36 @@ class NodeProtocol(Protocol):
                 self._fatal(str(e))
 
     def _run(self, args: list[bytes]) -> None:
-        reply = self.factory.commands.execute(args)
+        slot: list[Optional[bytes]] = [None]
         if self._mode == "text":
             # the text protocol's reply has the shape the client expects
             # (reply_shape): MGET one line per key, errors too; other lists
             # are blocks
             kind, count = reply_shape(args)
-            if isinstance(reply, Deferred):
-                reply.addCallback(_text_shape, kind, count)
-            else:
-                reply = _text_shape(reply, kind, count)
-        if isinstance(reply, HelloReply) and self._mode == "resp":
-            self._encode = encode_resp3 if reply.proto == 3 else encode_resp
-        if isinstance(reply, Deferred):
-            slot: list[Optional[bytes]] = [None]
+
+            def respond(reply: Reply) -> None:
+                self._fill(_text_shape(reply, kind, count), slot)
+        else:
+            def respond(reply: Reply) -> None:
+                self._fill(reply, slot)
+        try:
+            reply = self.factory.commands.execute(args, respond)
+        except Exception:
+            log.failure("command failed")
+            reply = ErrorReply("internal error, see the node's log")
+        if reply is PENDING:
             self._replies.append(slot)
-            reply.addCallback(self._fill, slot)
-            reply.addErrback(self._failed, slot)
-            if len(self._replies) >= self.factory.max_pipeline and not self._paused:
+            if slot[0] is not None:  # answered before execute returned
+                self._drain()
+            elif len(self._replies) >= self.factory.max_pipeline and not self._paused:
                 self._paused = True
                 self.transport.pauseProducing()
-        else:
-            self._reply(reply)
+            return
+        if self._mode == "text":
+            reply = _text_shape(reply, kind, count)
+        elif type(reply) is HelloReply:
+            self._encode = encode_resp3 if reply.proto == 3 else encode_resp
+        self._reply(reply)
         if reply is QUIT:
             self._done = True
 
@@ -386,7 +398,17 @@ class NodeProtocol(Protocol):
     def _fill(self, reply: Reply, slot: list[Optional[bytes]]) -> None:
         if self._lost:
             return
-        slot[0] = self._encode(reply)
+        try:
+            slot[0] = self._encode(reply)
+        except Exception:
+            log.failure("encoding a reply failed")
+            slot[0] = self._encode(ErrorReply("internal error, see the node's log"))
+        self._drain()
+
+    def _drain(self) -> None:
+        """
+        Send the replies that are ready, in order.
+        """
         replies = self._replies
         while replies and replies[0][0] is not None:
             self._out.append(replies.popleft()[0])  # type: ignore[arg-type]
@@ -396,10 +418,6 @@ class NodeProtocol(Protocol):
             self._paused = False
             if not self._done:
                 self.transport.resumeProducing()
-
-    def _failed(self, failure: Failure, slot: list[Optional[bytes]]) -> None:
-        log.failure("reply failed", failure)
-        self._fill(ErrorReply("internal error, see the node's log"), slot)
 
     def _line_too_long(self) -> None:
         self._fatal(f"line too long (max_line is {self.factory.max_line} bytes)")

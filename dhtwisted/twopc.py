@@ -15,20 +15,21 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
+from twisted.internet.defer import TimeoutError
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import IReplica
-from .store import MISSING, Record, Store
+from .store import MISSING, Store
 from .version import NO_VERSION, HybridClock
 
 __all__ = [
+    "PENDING",
     "Coordinator",
     "LocalReplica",
     "Participant",
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 Write = tuple[bytes, Optional[bytes]]
+#: A callback that gets a result, or an C{Exception} in its place.
+Answer = Callable[[Any], None]
 
 log = Logger()
 
@@ -120,6 +123,38 @@ class Participant:
         self._prepared: dict[str, _Prepared] = {}
         self._waiting: dict[str, _Waiter] = {}  # txid -> a prepare waiting for locks
         self._decided: dict[str, tuple[str, bytes, float]] = {}  # txid -> (state, version, when)
+
+    @property
+    def store(self) -> Store:
+        """
+        Where committed writes go.
+        """
+        return self._store
+
+    def write_alone(self, writes: list[Write]) -> Optional[list[bool]]:
+        """
+        Commit C{writes} here at once, for a transaction whose only
+        participant is this node: with nobody to vote with, prepare and
+        commit are one step. Nothing is recorded (nobody will ask).
+
+        :return: whether each key had a value before; C{None}, changing
+            nothing, if a key is locked (the write must queue as usual).
+        """
+        locks = self._locks
+        if locks:
+            for key, _ in writes:
+                if key in locks:
+                    return None
+        store = self._store
+        version = self._clock.next()
+        existed = []
+        for key, value in writes:
+            existed.append(store.value(key) is not None)
+            if not store.apply(key, version, value):
+                # held at a version from a clock ahead (observed, so rare): go past it
+                version = self._clock.next_after(store.version_of(key))
+                store.apply(key, version, value)
+        return existed
 
     @property
     def locked_keys(self) -> int:
@@ -292,8 +327,8 @@ class Participant:
 @implementer(IReplica)
 class LocalReplica:
     """
-    This node as a replica of its own transactions and reads: direct calls,
-    no network.
+    This node as a replica of its own transactions and reads: direct calls
+    that answer at once (or, for a prepare waiting for a lock, later).
 
     :param node_id: this node's id (the coordinator of what it prepares).
     :param deadline: when a transaction prepared now must be resolved by.
@@ -307,33 +342,44 @@ class LocalReplica:
         self._deadline = deadline
 
     def prepare(self, txid: str, writes: list[Write], participants: list[str],
-                priority: bytes = b"") -> Deferred[Vote]:
+                priority: bytes, answer: Answer) -> None:
         """
         See L{IReplica.prepare}.
         """
-        waiting: Deferred[Vote] = Deferred()
         vote = self._participant.prepare(txid, writes, participants, self._deadline(),
-                                         self._node_id, priority, waiting.callback)
-        return waiting if vote is None else succeed(vote)
+                                         self._node_id, priority, answer)
+        if vote is not None:
+            answer(vote)
 
-    def commit(self, txid: str, version: bytes,
-               writes: Optional[list[Write]] = None) -> Deferred[bool]:
+    def commit(self, txid: str, version: bytes, writes: Optional[list[Write]],
+               answer: Answer) -> None:
         """
         See L{IReplica.commit}.
         """
-        return succeed(self._participant.commit(txid, version, writes))
+        answer(self._participant.commit(txid, version, writes))
 
-    def abort(self, txid: str) -> Deferred[bool]:
+    def abort(self, txid: str, answer: Answer) -> None:
         """
         See L{IReplica.abort}.
         """
-        return succeed(self._participant.abort(txid))
+        answer(self._participant.abort(txid))
 
-    def read(self, keys: list[bytes]) -> Deferred[list[Record]]:
+    def read(self, keys: list[bytes], answer: Answer) -> None:
         """
         See L{IReplica.read}.
         """
-        return succeed([self._store.get(key) for key in keys])
+        get = self._store.get
+        answer([get(key) for key in keys])
+
+
+class _Pending:
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+#: What L{Coordinator.write} and L{Coordinator.read} return when the answer
+#: comes later, through their C{done} callable.
+PENDING: Any = _Pending()
 
 
 class Coordinator:
@@ -345,16 +391,25 @@ class Coordinator:
     writes, until it does or leaves the cluster; the client hears that the
     outcome is not confirmed everywhere.
 
+    Reads and writes take a C{done} callable rather than returning a
+    Deferred: they return their result at once when they can (this node is
+    the only replica a write needs, or holds what a read asks), else
+    L{PENDING}, and C{done} gets the result or a L{TransactionFailed} later.
+
     :param node_id: this node's id, the prefix of its transaction ids.
     :param clock: this node's hybrid clock, for commit versions.
     :param reactor: for timers.
     :param replicas_for: a key to the ids of its replicas, in preference order.
-    :param replica: a node id to that node as an L{IReplica}.
-    :param rpc_timeout: seconds a replica has to answer each request.
+    :param replica: a node id to that node as an L{IReplica} (which must
+        answer every call within the RPC timeout).
+    :param rpc_timeout: seconds between sending an unconfirmed commit again.
     :param retries: how many times a write that met a lock conflict is tried again.
+    :param retry_for: seconds after its start a write is no longer tried again.
     :param is_member: whether a node is still a member, alive or not (a
         commit it did not confirm is sent again while it is).
     :param keep: seconds a decision is remembered for participants that ask.
+    :param local: this node's participant, for writes only this node holds
+        and reads it can answer itself.
     """
 
     def __init__(
@@ -369,6 +424,8 @@ class Coordinator:
         rng: Optional[random.Random] = None,
         is_member: Callable[[str], bool] = lambda node: True,
         keep: float = 600.0,
+        local: Optional[Participant] = None,
+        retry_for: float = float("inf"),
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -377,23 +434,22 @@ class Coordinator:
         self._replica = replica
         self._timeout = rpc_timeout
         self._retries = retries
+        self._retry_for = retry_for
         self._rng = rng or random.Random()
         self._is_member = is_member
         self._keep = keep
+        self._local = local
         self._ids = itertools.count(1)
-        self._generation = int(reactor.seconds() * 1000)
+        self._txid_prefix = f"{node_id}:{int(reactor.seconds() * 1000)}:"
         self._undecided: set[str] = set()
         self._decisions: dict[str, tuple[Optional[bytes], float]] = {}
         self._redelivery: dict[tuple[str, str], Any] = {}  # (txid, node) -> delayed call
+        self._inflight: dict[bytes, _Write] = {}  # key -> this node's write holding it
+        self._queued: list[_Write] = []  # writes waiting for such a key, in order
         self.stats = {"commits": 0, "aborts": 0, "retries": 0, "unconfirmed": 0}
 
-    def _timed(self, d: Deferred) -> Deferred:
-        if d.called:  # answered at once (this node): no timer to set
-            return d
-        return d.addTimeout(self._timeout, self._reactor)
-
     def _new_txid(self) -> str:
-        return f"{self._node_id}:{self._generation}:{next(self._ids)}"
+        return self._txid_prefix + str(next(self._ids))
 
     def query(self, txid: str) -> tuple[str, bytes]:
         """
@@ -426,57 +482,83 @@ class Coordinator:
                 call.cancel()
         self._redelivery.clear()
 
-    def write(self, writes: Sequence[Write]) -> Deferred[list[bool]]:
+    def write(self, writes: Sequence[Write], done: Answer) -> Any:
         """
         Apply C{writes} (C{(key, value)} pairs, value C{None} to delete) on
         all replicas of their keys, or on none.
 
-        :return: a Deferred firing, once every replica has committed, with
-            whether each key had a value before; or failing with
-            L{TransactionFailed}.
+        :param done: called, if the result is L{PENDING}, with the result
+            or a L{TransactionFailed} (possibly before C{write} returns).
+        :return: whether each key had a value before, once every replica
+            has committed; or L{PENDING}.
+        :raise TransactionFailed: if it failed at once.
         """
-        latest: dict[bytes, Optional[bytes]] = {}
-        for key, value in writes:
-            latest.pop(key, None)  # a key written twice keeps its last value
-            latest[key] = value
-        return Deferred.fromCoroutine(self._write(list(latest.items())))
-
-    async def _write(self, writes: list[Write]) -> list[bool]:
-        attempt = 0
-        priority = self._clock.next()  # kept across retries: the write ages
-        while True:
-            txid = self._new_txid()
-            plan = self._plan(writes)
-            self._undecided.add(txid)
-            votes = await self._prepare(txid, writes, plan, priority)
-            if txid in self._undecided and all(vote.yes for vote, _ in votes.values()):
-                self._undecided.discard(txid)
-                newest = max((vote.max_version for vote, _ in votes.values()), default=NO_VERSION)
-                version = self._clock.next_after(newest)
-                self._decisions[txid] = (version, self._reactor.seconds())
-                unconfirmed = await self._commit(txid, version, writes, plan)
-                if unconfirmed:
-                    self.stats["unconfirmed"] += 1
-                    raise TransactionFailed(
-                        "write committed but not confirmed by replica "
-                        + ", ".join(unconfirmed)
-                        + "; it is being sent again and may already be visible"
-                    )
+        if len(writes) == 1:
+            items = list(writes)
+        else:
+            latest: dict[bytes, Optional[bytes]] = {}
+            for key, value in writes:
+                latest.pop(key, None)  # a key written twice keeps its last value
+                latest[key] = value
+            items = list(latest.items())
+        plan = self._plan(items)
+        inflight = self._inflight
+        busy = False
+        for key, _ in items:
+            if key in inflight:
+                busy = True
+                break
+        if (not busy and self._local is not None and len(plan) == 1
+                and self._node_id in plan):
+            # this node is the only replica: the two phases are one local step
+            existed = self._local.write_alone(items)
+            if existed is not None:
                 self.stats["commits"] += 1
-                return self._existed(len(writes), votes)
-            self._undecided.discard(txid)
-            self._decisions[txid] = (None, self._reactor.seconds())
-            await self._abort(txid, plan)
-            self.stats["aborts"] += 1
-            noes = [vote for vote, _ in votes.values() if not vote.yes]
-            if not noes:
-                raise TransactionFailed("write aborted, nothing applied (timed out)")
-            if attempt < self._retries and all(vote.conflict for vote in noes):
-                attempt += 1
-                self.stats["retries"] += 1
-                await deferLater(self._reactor, self._rng.uniform(0.001, 0.005 * 2**attempt))
-                continue
-            raise TransactionFailed(f"write aborted, nothing applied ({noes[0].reason})")
+                return existed
+        txn = _Write(self, items, plan, done)
+        if busy or self._queued:
+            # a write of this node's holds one of the keys: wait for it here
+            # rather than conflict with it at the replicas
+            self._queued.append(txn)
+            txn.sync = False
+            self._start_queued()
+            return PENDING
+        for key, _ in items:
+            inflight[key] = txn
+        return txn.begin()
+
+    def _start_queued(self) -> None:
+        """
+        Start the queued writes whose keys are free, in order: a key one
+        of them waits for is not given to a later one.
+        """
+        inflight = self._inflight
+        blocked: set[bytes] = set()
+        waiting = []
+        ready = []
+        for txn in self._queued:
+            keys = [key for key, _ in txn.writes]
+            if any(key in inflight or key in blocked for key in keys):
+                blocked.update(keys)
+                waiting.append(txn)
+            else:
+                for key in keys:
+                    inflight[key] = txn
+                ready.append(txn)
+        self._queued = waiting
+        for txn in ready:
+            txn.begin()
+
+    def _finished(self, txn: "_Write") -> None:
+        """
+        C{txn} is over: free its keys for the writes queued behind it.
+        """
+        inflight = self._inflight
+        for key, _ in txn.writes:
+            if inflight.get(key) is txn:
+                del inflight[key]
+        if self._queued:
+            self._start_queued()
 
     def _plan(self, writes: list[Write]) -> dict[str, list[int]]:
         """
@@ -485,45 +567,14 @@ class Coordinator:
         plan: dict[str, list[int]] = {}
         for index, (key, _) in enumerate(writes):
             for node in self._replicas_for(key):
-                plan.setdefault(node, []).append(index)
+                share = plan.get(node)
+                if share is None:
+                    plan[node] = [index]
+                else:
+                    share.append(index)
         if not plan:
             raise TransactionFailed("no live replica for the key")
         return plan
-
-    async def _prepare(
-        self, txid: str, writes: list[Write], plan: dict[str, list[int]], priority: bytes
-    ) -> dict[str, tuple[Vote, list[int]]]:
-        participants = sorted(plan)
-        calls = [
-            self._timed(self._replica(node).prepare(txid, [writes[i] for i in indexes],
-                                                    participants, priority))
-            for node, indexes in plan.items()
-        ]
-        results = await DeferredList(calls, consumeErrors=True)
-        votes: dict[str, tuple[Vote, list[int]]] = {}
-        for (node, indexes), (ok, result) in zip(plan.items(), results):
-            if not ok:
-                result = Vote(False, f"replica {node} did not answer: {_describe(result)}")
-            votes[node] = (result, indexes)
-        return votes
-
-    async def _commit(self, txid: str, version: bytes, writes: list[Write],
-                      plan: dict[str, list[int]]) -> list[str]:
-        """
-        Tell every participant to commit; return those that did not confirm
-        (they are sent the commit again, with the writes).
-        """
-        calls = [self._timed(self._replica(node).commit(txid, version)) for node in plan]
-        results = await DeferredList(calls, consumeErrors=True)
-        unconfirmed = []
-        for (node, indexes), (ok, result) in zip(plan.items(), results):
-            if not ok or not result:
-                why = _describe(result) if not ok else "it had not prepared"
-                log.warn("replica {peer} did not confirm commit {txid}: {why}",
-                         peer=node, txid=txid, why=why)
-                unconfirmed.append(node)
-                self._redeliver(txid, version, node, [writes[i] for i in indexes])
-        return unconfirmed
 
     def _redeliver(self, txid: str, version: bytes, node: str, writes: list[Write]) -> None:
         def again() -> None:
@@ -533,39 +584,15 @@ class Coordinator:
                          txid=txid, peer=node)
                 return
 
-            def done(confirmed: object) -> None:
-                if not confirmed:
+            def answered(confirmed: object) -> None:
+                if isinstance(confirmed, Exception) or not confirmed:
                     self._redeliver(txid, version, node, writes)
 
-            def failed(f: Failure) -> None:
-                self._redeliver(txid, version, node, writes)
-
-            (
-                self._timed(self._replica(node).commit(txid, version, writes))
-                .addCallbacks(done, failed)
-            )
+            self._replica(node).commit(txid, version, writes, answered)
 
         self._redelivery[(txid, node)] = self._reactor.callLater(self._timeout, again)
 
-    async def _abort(self, txid: str, plan: dict[str, list[int]]) -> None:
-        results = await DeferredList(
-            [self._timed(self._replica(node).abort(txid)) for node in plan], consumeErrors=True
-        )
-        for node, (ok, result) in zip(plan, results):
-            if not ok:
-                # it will ask, and hear abort, when its transaction times out
-                log.info("replica {peer} did not confirm abort {txid}: {why}",
-                         peer=node, txid=txid, why=_describe(result))
-
-    @staticmethod
-    def _existed(count: int, votes: dict[str, tuple[Vote, list[int]]]) -> list[bool]:
-        existed = [False] * count
-        for vote, indexes in votes.values():
-            for index, flag in zip(indexes, vote.existed):
-                existed[index] = existed[index] or flag
-        return existed
-
-    def read(self, keys: Sequence[bytes], quorum: int = 1) -> Deferred[list[Optional[bytes]]]:
+    def read(self, keys: Sequence[bytes], done: Answer, quorum: int = 1) -> Any:
         """
         The value of each of C{keys} (C{None} if missing).
 
@@ -575,78 +602,291 @@ class Coordinator:
         preference order (a replica that has just joined may not have a key
         yet). The newest version seen wins.
 
+        :param done: called later, if the result is L{PENDING}, with the
+            result or a L{TransactionFailed}.
+        :return: the values, or L{PENDING}.
         :raise TransactionFailed: if no replica answered.
         """
-        return Deferred.fromCoroutine(self._read(list(keys), quorum))
+        local = self._local
+        if quorum == 1 and local is not None:
+            # this node is a replica of every key and holds them all: no network
+            me = self._node_id
+            get = local.store.get
+            values = []
+            for key in keys:
+                if me not in self._replicas_for(key):
+                    break
+                record = get(key)
+                if record.version == NO_VERSION:
+                    break
+                values.append(record.value)
+            else:
+                return values
+        return _Read(self, list(keys), quorum, done).begin()
 
-    async def _read(self, keys: list[bytes], quorum: int) -> list[Optional[bytes]]:
+
+class _Operation:
+    """
+    A read or write in progress: it finishes once, at once (L{begin}
+    returns the result) or later (C{done} gets it).
+    """
+
+    def __init__(self, done: Answer) -> None:
+        self.done = done
+        self.sync = True
+        self.outcome: Any = PENDING
+
+    def begin(self) -> Any:
+        self.start()
+        self.sync = False
+        outcome = self.outcome
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def start(self) -> None:
+        raise NotImplementedError()
+
+    def finish(self, outcome: Any) -> None:
+        if self.sync:
+            self.outcome = outcome
+        else:
+            self.done(outcome)
+
+
+class _Write(_Operation):
+    """
+    One write command's transaction, tried again on lock conflicts.
+    """
+
+    def __init__(self, c: Coordinator, writes: list[Write], plan: dict[str, list[int]],
+                 done: Answer) -> None:
+        super().__init__(done)
+        self.c = c
+        self.writes = writes
+        self.plan = plan
+        self.attempt = 0
+        self.priority = c._clock.next()  # kept across retries: the write ages
+        self.started = c._reactor.seconds()
+        self.txid = ""
+        self.version = NO_VERSION
+        self.votes: dict[str, Vote] = {}
+        self.pending = 0
+        self.unconfirmed: list[str] = []
+
+    def finish(self, outcome: Any) -> None:
+        self.c._finished(self)
+        super().finish(outcome)
+
+    def share(self, node: str) -> list[Write]:
+        indexes = self.plan[node]
+        if len(indexes) == len(self.writes):
+            return self.writes
+        return [self.writes[i] for i in indexes]
+
+    def start(self) -> None:
+        c = self.c
+        self.txid = txid = c._new_txid()
+        c._undecided.add(txid)
+        self.votes = {}
+        self.pending = len(self.plan)
+        participants = sorted(self.plan)
+        for node in participants:
+            c._replica(node).prepare(txid, self.share(node), participants, self.priority,
+                                     partial(self._voted, node))
+
+    def _retry(self) -> None:
+        try:
+            self.plan = self.c._plan(self.writes)
+        except TransactionFailed as e:
+            self.finish(e)
+            return
+        self.start()
+
+    def _voted(self, node: str, vote: Any) -> None:
+        if isinstance(vote, Exception):
+            vote = Vote(False, f"replica {node} did not answer: {_describe(vote)}")
+        self.votes[node] = vote
+        self.pending -= 1
+        if self.pending:
+            return
+        c = self.c
+        txid = self.txid
+        now = c._reactor.seconds()
+        self.pending = len(self.plan)
+        if txid in c._undecided and all(v.yes for v in self.votes.values()):
+            c._undecided.discard(txid)
+            newest = max(v.max_version for v in self.votes.values())
+            self.version = c._clock.next_after(newest)
+            c._decisions[txid] = (self.version, now)
+            self.unconfirmed = []
+            for node in self.plan:
+                c._replica(node).commit(txid, self.version, None,
+                                        partial(self._committed, node))
+            return
+        c._undecided.discard(txid)
+        c._decisions[txid] = (None, now)
+        for node in self.plan:
+            c._replica(node).abort(txid, partial(self._aborted, node))
+
+    def _committed(self, node: str, confirmed: Any) -> None:
+        c = self.c
+        if isinstance(confirmed, Exception) or not confirmed:
+            why = _describe(confirmed) if confirmed else "it had not prepared"
+            log.warn("replica {peer} did not confirm commit {txid}: {why}",
+                     peer=node, txid=self.txid, why=why)
+            self.unconfirmed.append(node)
+            c._redeliver(self.txid, self.version, node, self.share(node))
+        self.pending -= 1
+        if self.pending:
+            return
+        if self.unconfirmed:
+            c.stats["unconfirmed"] += 1
+            self.finish(TransactionFailed(
+                "write committed but not confirmed by replica "
+                + ", ".join(sorted(self.unconfirmed))
+                + "; it is being sent again and may already be visible"
+            ))
+            return
+        # every participant committed: none will ask about it
+        c._decisions.pop(self.txid, None)
+        c.stats["commits"] += 1
+        existed = [False] * len(self.writes)
+        for node, indexes in self.plan.items():
+            for index, flag in zip(indexes, self.votes[node].existed):
+                existed[index] = existed[index] or flag
+        self.finish(existed)
+
+    def _aborted(self, node: str, result: Any) -> None:
+        c = self.c
+        if isinstance(result, Exception):
+            # it will ask, and hear abort, when its transaction times out
+            log.info("replica {peer} did not confirm abort {txid}: {why}",
+                     peer=node, txid=self.txid, why=_describe(result))
+        self.pending -= 1
+        if self.pending:
+            return
+        c.stats["aborts"] += 1
+        noes = [vote for vote in self.votes.values() if not vote.yes]
+        if not noes:
+            self.finish(TransactionFailed("write aborted, nothing applied (timed out)"))
+        elif (self.attempt < c._retries and all(vote.conflict for vote in noes)
+              and c._reactor.seconds() - self.started < c._retry_for):
+            self.attempt += 1
+            c.stats["retries"] += 1
+            pause = c._rng.uniform(0.001, min(0.005 * 2**self.attempt, 0.1))
+            c._reactor.callLater(pause, self._retry)
+        else:
+            self.finish(TransactionFailed(f"write aborted, nothing applied ({noes[0].reason})"))
+
+
+class _Read(_Operation):
+    """
+    One read command: a L{_ReadGroup} per set of keys with the same replicas.
+    """
+
+    def __init__(self, c: Coordinator, keys: list[bytes], quorum: int, done: Answer) -> None:
+        super().__init__(done)
+        self.c = c
+        self.keys = keys
+        self.quorum = quorum
+        self.values: list[Optional[bytes]] = [None] * len(keys)
+        self.pending = 0
+        self.error: Optional[Exception] = None
+
+    def start(self) -> None:
+        me = self.c._node_id
         groups: dict[tuple[str, ...], list[int]] = {}
-        me = self._node_id
-        for index, key in enumerate(keys):
-            nodes = self._replicas_for(key)
+        for index, key in enumerate(self.keys):
+            nodes = self.c._replicas_for(key)
             if me in nodes and nodes[0] != me:
                 # this node is a replica: ask it first, no network needed
                 nodes = [me] + [n for n in nodes if n != me]
             groups.setdefault(tuple(nodes), []).append(index)
-        values: list[Optional[bytes]] = [None] * len(keys)
-        reads = [
-            Deferred.fromCoroutine(self._read_from(nodes, [keys[i] for i in indexes], quorum))
-            for nodes, indexes in groups.items()
-        ]
-        results = await DeferredList(reads, consumeErrors=True)
-        for indexes, (ok, records) in zip(groups.values(), results):
-            if not ok:
-                records.raiseException()
-            for index, record in zip(indexes, records):
-                values[index] = record.value
-        return values
+        self.pending = len(groups)
+        for nodes, indexes in groups.items():
+            _ReadGroup(self, nodes, indexes).step()
 
-    async def _read_from(self, nodes: tuple[str, ...], keys: list[bytes],
-                         quorum: int) -> list[Record]:
-        newest = [MISSING] * len(keys)
-        answered = 0
-        errors: list[str] = []
-        position = 0
-        while position < len(nodes):
-            missing = [i for i, r in enumerate(newest) if r.version == NO_VERSION]
-            if answered >= quorum and not missing:
-                break
-            ask = list(range(len(keys))) if answered < quorum else missing
-            width = max(1, quorum - answered)
-            batch = nodes[position : position + width]
-            position += len(batch)
-            results = await DeferredList(
-                [self._timed(self._replica(node).read([keys[i] for i in ask])) for node in batch],
-                consumeErrors=True,
-            )
-            for node, (ok, result) in zip(batch, results):
-                if not ok:
-                    errors.append(f"{node}: {_describe(result)}")
-                    continue
-                answered += 1
-                for i, record in zip(ask, result):
-                    if record.version > newest[i].version:
-                        newest[i] = record
-        if not answered:
-            raise TransactionFailed(
+    def group_done(self, indexes: list[int], result: Any) -> None:
+        if isinstance(result, Exception):
+            self.error = self.error or result
+        else:
+            for index, record in zip(indexes, result):
+                self.values[index] = record.value
+        self.pending -= 1
+        if not self.pending:
+            self.finish(self.error or self.values)
+
+
+class _ReadGroup:
+    """
+    The keys of a read that share their replicas, asked replica by replica.
+    """
+
+    def __init__(self, read: _Read, nodes: tuple[str, ...], indexes: list[int]) -> None:
+        self.read = read
+        self.nodes = nodes
+        self.indexes = indexes
+        self.keys = [read.keys[i] for i in indexes]
+        self.newest = [MISSING] * len(indexes)
+        self.answered = 0
+        self.errors: list[str] = []
+        self.position = 0
+        self.pending = 0
+
+    def step(self) -> None:
+        quorum = self.read.quorum
+        missing = [i for i, r in enumerate(self.newest) if r.version == NO_VERSION]
+        if self.position >= len(self.nodes) or (self.answered >= quorum and not missing):
+            self.end()
+            return
+        ask = list(range(len(self.keys))) if self.answered < quorum else missing
+        width = max(1, quorum - self.answered)
+        batch = self.nodes[self.position : self.position + width]
+        self.position += len(batch)
+        self.pending = len(batch)
+        keys = [self.keys[i] for i in ask]
+        for node in batch:
+            self.read.c._replica(node).read(keys, partial(self._answered, node, ask))
+
+    def _answered(self, node: str, ask: list[int], result: Any) -> None:
+        if isinstance(result, Exception):
+            self.errors.append(f"{node}: {_describe(result)}")
+        else:
+            self.answered += 1
+            newest = self.newest
+            for i, record in zip(ask, result):
+                if record.version > newest[i].version:
+                    newest[i] = record
+        self.pending -= 1
+        if not self.pending:
+            self.step()
+
+    def end(self) -> None:
+        errors = self.errors
+        if not self.answered:
+            self.read.group_done(self.indexes, TransactionFailed(
                 "no replica answered the read (" + "; ".join(errors) + ")"
                 if errors else "no live replica for the key"
-            )
-        if errors and answered < len(nodes) // 2 + 1 and any(
-                r.version == NO_VERSION for r in newest):
+            ))
+        elif errors and self.answered < len(self.nodes) // 2 + 1 and any(
+                r.version == NO_VERSION for r in self.newest):
             # "missing" from a minority may only mean those replicas are new
             # to the key: say so rather than answer (nil) for a key that exists
-            raise TransactionFailed(
+            self.read.group_done(self.indexes, TransactionFailed(
                 "key not found on the replicas that answered, and the others did not ("
                 + "; ".join(errors) + ")"
-            )
-        return newest
+            ))
+        else:
+            self.read.group_done(self.indexes, self.newest)
 
 
-def _describe(failure: Failure) -> str:
-    if failure.check(TimeoutError):
+def _describe(error: Any) -> str:
+    if isinstance(error, Failure):
+        error = error.value
+    if isinstance(error, TimeoutError):
         return "timed out"
-    return failure.getErrorMessage() or failure.type.__name__
+    return str(error) or type(error).__name__
 
 
 def _forget_older(entries: dict[str, Any], cutoff: float, when: Callable[[Any], float]) -> None:

@@ -256,7 +256,8 @@ class RequestTests(LinkTestCase):
 
     def test_request_reply(self) -> None:
         """
-        A request is answered by the other node's handler, and no timer is left behind.
+        A request is answered by the other node's handler; the link's
+        timeout timer does not fire it again, and is not set again.
         """
         d = self.dialler.call(get(b"k1", b"k2"))
         self.assertNoResult(d)
@@ -264,7 +265,41 @@ class RequestTests(LinkTestCase):
         self.assertEqual(values(self.successResultOf(d)),
                          [(b"k1", b"value of k1"), (b"k2", b"value of k2")])
         self.assertEqual(self.b.events, [("handle", "a", "get")])
+        self.clock.advance(RPC_TIMEOUT)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_batched_into_one_frame(self) -> None:
+        """
+        Requests sent during one turn of the reactor go out in one frame,
+        and the replies to them come back in one frame.
+        """
+        frames: dict[str, list[int]] = {"a": [], "b": []}
+        for name, end in (("a", self.dialler), ("b", self.acceptor)):
+            def counting(data: bytes, real: Any = end.stringReceived, name: str = name) -> None:
+                frames[name].append(len(Frame.FromString(data).envelopes))
+                real(data)
+
+            end.stringReceived = counting  # type: ignore[method-assign]
+        calls = [self.dialler.call(get(b"k%d" % i)) for i in range(3)]
+        self.pump.flush()
+        self.assertEqual(frames, {"b": [3], "a": [3]})
+        self.assertEqual([values(self.successResultOf(d)) for d in calls],
+                         [[(b"k%d" % i, b"value of k%d" % i)] for i in range(3)])
+
+    def test_request_callback(self) -> None:
+        """
+        request() answers through a callable: the reply, or the reason it
+        failed, once.
+        """
+        got: list = []
+        self.dialler.request(get(b"k"), got.append)
+        self.pump.flush()
+        self.assertEqual(values(got[0]), [(b"k", b"value of k")])
+        self.acceptor.transport.loseConnection()
+        self.dialler.request(get(b"k"), got.append)
+        self.pump.flush()
+        self.assertEqual(len(got), 2)
+        self.assertIsInstance(got[1], PeerDisconnected)
 
     def test_either_end_asks(self) -> None:
         """
@@ -538,6 +573,7 @@ class BadWelcomeTests(SynchronousTestCase):
         self.answer(welcome)
         self.assertIs(self.successResultOf(ready), self.proto)
         self.assertEqual(self.node.events, [("welcome", "b", ["c"])])
+        self.clock.advance(RPC_TIMEOUT)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_not_a_welcome(self) -> None:

@@ -6,11 +6,11 @@ transports, whole and byte at a time, and the bad input they must survive.
 from __future__ import annotations
 
 import random
+from typing import Callable, Optional
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from dhtwisted.commands import Commands
+from dhtwisted.commands import PENDING, Commands
 from dhtwisted.server import PEER_MAGIC, NodeFactory
 
 from .helpers import FakeClient, make_node
@@ -393,19 +393,23 @@ class RespProtocolTests(SynchronousTestCase):
 
 class SlowNode:
     """
-    A node whose reads answer only when the test says so.
+    A node whose reads answer only when the test says so (or, with
+    C{at_once}, before C{read} even returns).
     """
 
     def __init__(self) -> None:
-        self.reads: list[tuple[list[bytes], Deferred]] = []
+        self.reads: list[tuple[list[bytes], Callable]] = []
+        self.at_once: Optional[list] = None
 
-    def read(self, keys: list[bytes]) -> Deferred:
+    def read(self, keys: list[bytes], done: Callable) -> object:
         """
         A read that waits.
         """
-        d: Deferred = Deferred()
-        self.reads.append((list(keys), d))
-        return d
+        if self.at_once is not None:
+            done(self.at_once)
+        else:
+            self.reads.append((list(keys), done))
+        return PENDING
 
     def info(self, section: object) -> list[str]:
         """
@@ -436,10 +440,25 @@ class OrderingTests(SynchronousTestCase):
         """
         self.proto.dataReceived(b"get a\nget b\nping\n")
         self.assertEqual(self.transport.value(), b"")
-        self.slow.reads[1][1].callback([b"B"])
+        self.slow.reads[1][1]([b"B"])
         self.assertEqual(self.transport.value(), b"")
-        self.slow.reads[0][1].callback([b"A"])
+        self.slow.reads[0][1]([b"A"])
         self.assertEqual(self.transport.value(), b"A\r\nB\r\nPONG\r\n")
+
+    def test_answered_before_pending(self) -> None:
+        """
+        A reply given before the command returned PENDING still goes out,
+        in order.
+        """
+        self.proto.dataReceived(b"get a\n")
+        self.slow.at_once = [b"B"]
+        self.proto.dataReceived(b"get b\nping\n")
+        self.assertEqual(self.transport.value(), b"")
+        self.slow.reads[0][1]([b"A"])
+        self.assertEqual(self.transport.value(), b"A\r\nB\r\nPONG\r\n")
+        self.transport.clear()
+        self.proto.dataReceived(b"get c\n")
+        self.assertEqual(self.transport.value(), b"B\r\n")
 
     def test_pipeline_limit_pauses_reading(self) -> None:
         """
@@ -448,8 +467,8 @@ class OrderingTests(SynchronousTestCase):
         """
         self.proto.dataReceived(b"get a\n" * 4)
         self.assertEqual(self.transport.producerState, "paused")
-        for _, d in self.slow.reads:
-            d.callback([None])
+        for _, done in self.slow.reads:
+            done([None])
         self.assertEqual(self.transport.producerState, "producing")
         self.assertEqual(self.transport.value(), b"(nil)\r\n" * 4)
 
@@ -490,6 +509,6 @@ class OrderingTests(SynchronousTestCase):
         """
         self.proto.dataReceived(b"get a\n")
         self.proto.connectionLost(None)
-        self.slow.reads[0][1].callback([b"late"])
+        self.slow.reads[0][1]([b"late"])
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.factory.connections, 0)

@@ -55,16 +55,15 @@ class SimulationTests(SynchronousTestCase):
         """
         from dhtwisted import twopc
 
-        real = twopc.Coordinator._write
+        real = twopc._Write.finish
 
-        async def lying(self: twopc.Coordinator, writes: list) -> list:
-            try:
-                return await real(self, writes)
-            except twopc.TransactionFailed:
-                return [False] * len(writes)
+        def lying(self: twopc._Write, outcome: object) -> None:
+            if isinstance(outcome, twopc.TransactionFailed):
+                outcome = [False] * len(self.writes)
+            real(self, outcome)
 
-        twopc.Coordinator._write = lying  # type: ignore[method-assign]
-        self.addCleanup(setattr, twopc.Coordinator, "_write", real)
+        twopc._Write.finish = lying  # type: ignore[method-assign]
+        self.addCleanup(setattr, twopc._Write, "finish", real)
         caught = 0
         for seed in range(20):
             sim = Simulation(seed)

@@ -8,15 +8,26 @@ from __future__ import annotations
 import random
 from typing import Optional
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from dhtwisted.interfaces import IReplica
 from dhtwisted.store import Record, Store
-from dhtwisted.twopc import Coordinator, LocalReplica, Participant, TransactionFailed, Vote
+from dhtwisted.twopc import (
+    PENDING,
+    Coordinator,
+    LocalReplica,
+    Participant,
+    TransactionFailed,
+    Vote,
+)
 from dhtwisted.version import HybridClock, node_tag
+
+
+RPC_TIMEOUT = 5.0
 
 
 def _participant(clock: Clock, name: str = "n") -> tuple[Participant, Store]:
@@ -170,62 +181,91 @@ class ParticipantTests(SynchronousTestCase):
 class ScriptedReplica:
     """
     A replica that records the calls it gets and can be told to vote no,
-    fail, or never answer.
+    fail, or never answer (then, as a peer link does, it answers a timeout
+    after the RPC timeout).
     """
 
     def __init__(self, name: str, events: list, clock: Clock) -> None:
         self.name = name
         self.events = events
+        self.clock = clock
         self.participant, self.store = _participant(clock, name)
         self.local = LocalReplica(name, self.participant, self.store, lambda: clock.seconds() + 10)
         self.vote_no: Optional[Vote] = None
         self.broken = False
         self.hung = False
 
-    def _call(self, what: str, txid: str, run):  # type: ignore[no-untyped-def]
+    def _call(self, what: str, txid: str, answer, run) -> None:  # type: ignore[no-untyped-def]
         self.events.append((self.name, what, txid.rsplit(":", 1)[-1]))
         if self.broken:
-            return fail(ConnectionError(f"{self.name} is down"))
-        if self.hung:
-            return Deferred()
-        return run()
+            answer(ConnectionError(f"{self.name} is down"))
+        elif self.hung:
+            self.clock.callLater(RPC_TIMEOUT, answer, TimeoutError("timed out"))
+        else:
+            run()
 
-    def prepare(self, txid: str, writes: list, participants: list,
-                priority: bytes = b"") -> Deferred:
+    def prepare(self, txid: str, writes: list, participants: list, priority: bytes,
+                answer) -> None:  # type: ignore[no-untyped-def]
         """
         Vote, as scripted.
         """
         if self.vote_no is not None:
-            return self._call("prepare", txid, lambda: succeed(self.vote_no))
-        return self._call("prepare", txid,
-                          lambda: self.local.prepare(txid, writes, participants, priority))
+            self._call("prepare", txid, answer, lambda: answer(self.vote_no))
+        else:
+            self._call("prepare", txid, answer, lambda: self.local.prepare(
+                txid, writes, participants, priority, answer))
 
-    def commit(self, txid: str, version: bytes, writes: Optional[list] = None) -> Deferred:
+    def commit(self, txid: str, version: bytes, writes: Optional[list],
+               answer) -> None:  # type: ignore[no-untyped-def]
         """
         Commit, as scripted.
         """
-        return self._call("commit", txid, lambda: self.local.commit(txid, version, writes))
+        self._call("commit", txid, answer,
+                   lambda: self.local.commit(txid, version, writes, answer))
 
-    def abort(self, txid: str) -> Deferred:
+    def abort(self, txid: str, answer) -> None:  # type: ignore[no-untyped-def]
         """
         Abort, as scripted.
         """
-        return self._call("abort", txid, lambda: self.local.abort(txid))
+        self._call("abort", txid, answer, lambda: self.local.abort(txid, answer))
 
-    def read(self, keys: list) -> Deferred:
+    def read(self, keys: list, answer) -> None:  # type: ignore[no-untyped-def]
         """
         Read, as scripted.
         """
         self.events.append((self.name, "read", ""))
         if self.broken:
-            return fail(ConnectionError(f"{self.name} is down"))
-        return self.local.read(keys)
+            answer(ConnectionError(f"{self.name} is down"))
+        else:
+            self.local.read(keys, answer)
 
 
-class CoordinatorTests(SynchronousTestCase):
+def deferred(run, arg) -> Deferred:  # type: ignore[no-untyped-def]
     """
-    The coordinator over three scripted replicas that hold every key.
+    A coordinator's C{run(arg, done)} (a read or write) as a Deferred.
     """
+    d: Deferred = Deferred()
+
+    def done(result: object) -> None:
+        if isinstance(result, Exception):
+            d.errback(Failure(result))
+        else:
+            d.callback(result)
+
+    try:
+        result = run(arg, done)
+    except Exception as e:
+        return fail(e)
+    return d if result is PENDING else succeed(result)
+
+
+class ThreeReplicasCase(SynchronousTestCase):
+    """
+    The coordinator of node a over three scripted replicas, a, b and c,
+    that hold every key; built with C{options}.
+    """
+
+    options: dict = {}
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -234,9 +274,21 @@ class CoordinatorTests(SynchronousTestCase):
         self.replicas = {n: ScriptedReplica(n, self.events, self.clock) for n in "abc"}
         self.coordinator = Coordinator(
             "a", HybridClock(self.clock.seconds, node_tag("a")), self.clock,
-            lambda key: ["a", "b", "c"], self.replicas.__getitem__, retries=2,
-            rng=random.Random(0),
+            lambda key: ["a", "b", "c"], self.replicas.__getitem__, rng=random.Random(0),
+            **self.options,
         )
+
+    def write(self, writes: list) -> Deferred:
+        """
+        The coordinator's write as a Deferred.
+        """
+        return deferred(self.coordinator.write, writes)
+
+    def read(self, keys: list) -> Deferred:
+        """
+        The coordinator's read as a Deferred.
+        """
+        return deferred(self.coordinator.read, keys)
 
     def values(self, key: bytes) -> list:
         """
@@ -244,11 +296,19 @@ class CoordinatorTests(SynchronousTestCase):
         """
         return [r.store.get(key).value for r in self.replicas.values()]
 
+
+class CoordinatorTests(ThreeReplicasCase):
+    """
+    Writes and reads over three replicas, with two retries on conflicts.
+    """
+
+    options = {"retries": 2}
+
     def test_commit_everywhere(self) -> None:
         """
         With every vote yes, every replica commits; then the write answers.
         """
-        d = self.coordinator.write([(b"k", b"v"), (b"j", b"w")])
+        d = self.write([(b"k", b"v"), (b"j", b"w")])
         self.assertEqual(self.successResultOf(d), [False, False])
         self.assertEqual(self.values(b"k"), [b"v"] * 3)
         self.assertEqual(self.values(b"j"), [b"w"] * 3)
@@ -266,7 +326,7 @@ class CoordinatorTests(SynchronousTestCase):
         client gets the reason.
         """
         self.replicas["b"].vote_no = Vote(False, "disk on fire")
-        f = self.failureResultOf(self.coordinator.write([(b"k", b"v")]), TransactionFailed)
+        f = self.failureResultOf(self.write([(b"k", b"v")]), TransactionFailed)
         self.assertIn("disk on fire", f.value.reason)
         self.assertEqual(self.values(b"k"), [None] * 3)
         self.assertEqual(sorted(w for _, w, _ in self.events if w != "prepare"), ["abort"] * 3)
@@ -277,7 +337,7 @@ class CoordinatorTests(SynchronousTestCase):
         A replica that cannot be reached counts as a no vote.
         """
         self.replicas["c"].broken = True
-        f = self.failureResultOf(self.coordinator.write([(b"k", b"v")]), TransactionFailed)
+        f = self.failureResultOf(self.write([(b"k", b"v")]), TransactionFailed)
         self.assertIn("replica c did not answer", f.value.reason)
         self.assertEqual(self.values(b"k"), [None] * 3)
 
@@ -287,7 +347,7 @@ class CoordinatorTests(SynchronousTestCase):
         RPC timeout: the others abort and the client gets ERR, not ok.
         """
         self.replicas["b"].hung = True
-        d = self.coordinator.write([(b"k", b"v")])
+        d = self.write([(b"k", b"v")])
         self.clock.advance(4.9)
         self.assertNoResult(d)
         self.clock.advance(0.2)
@@ -306,7 +366,7 @@ class CoordinatorTests(SynchronousTestCase):
         once the lock is free.
         """
         self.replicas["b"].participant.prepare("other", [(b"k", b"x")], ["b"], 2000)
-        d = self.coordinator.write([(b"k", b"v")])
+        d = self.write([(b"k", b"v")])
         self.assertNoResult(d)
         self.replicas["b"].participant.abort("other")
         self.clock.advance(1)
@@ -320,7 +380,7 @@ class CoordinatorTests(SynchronousTestCase):
         nothing applied.
         """
         self.replicas["c"].participant.prepare("other", [(b"k", b"x")], ["c"], 2000)
-        d = self.coordinator.write([(b"k", b"v")])
+        d = self.write([(b"k", b"v")])
         for _ in range(5):
             self.clock.advance(1)
         f = self.failureResultOf(d, TransactionFailed)
@@ -336,7 +396,7 @@ class CoordinatorTests(SynchronousTestCase):
         ahead = HybridClock(lambda: 5000.0, 1).next()
         for r in self.replicas.values():
             r.store.apply(b"k", ahead, b"from the future")
-        self.successResultOf(self.coordinator.write([(b"k", b"now")]))
+        self.successResultOf(self.write([(b"k", b"now")]))
         self.assertEqual(self.values(b"k"), [b"now"] * 3)
         self.assertGreater(self.replicas["a"].store.get(b"k").version, ahead)
 
@@ -344,16 +404,16 @@ class CoordinatorTests(SynchronousTestCase):
         """
         A key written twice in one command keeps its last value.
         """
-        self.successResultOf(self.coordinator.write([(b"k", b"1"), (b"k", b"2")]))
+        self.successResultOf(self.write([(b"k", b"1"), (b"k", b"2")]))
         self.assertEqual(self.values(b"k"), [b"2"] * 3)
 
     def test_read_falls_back(self) -> None:
         """
         A read skips a replica that fails and answers from the next.
         """
-        self.successResultOf(self.coordinator.write([(b"k", b"v")]))
+        self.successResultOf(self.write([(b"k", b"v")]))
         self.replicas["a"].broken = True
-        self.assertEqual(self.successResultOf(self.coordinator.read([b"k", b"x"])), [b"v", None])
+        self.assertEqual(self.successResultOf(self.read([b"k", b"x"])), [b"v", None])
 
     def test_read_all_down(self) -> None:
         """
@@ -361,4 +421,99 @@ class CoordinatorTests(SynchronousTestCase):
         """
         for r in self.replicas.values():
             r.broken = True
-        self.failureResultOf(self.coordinator.read([b"k"]), TransactionFailed)
+        self.failureResultOf(self.read([b"k"]), TransactionFailed)
+
+
+class QueueAndRetryTests(ThreeReplicasCase):
+    """
+    The coordinator's own writes to one key wait for each other instead of
+    conflicting; conflicts with other coordinators are tried again for
+    C{retry_for} seconds.
+    """
+
+    options = {"retries": 1000, "retry_for": 2.0}
+
+    def test_same_key_queues(self) -> None:
+        """
+        A second write to a key whose first write is still in progress
+        waits for it, then commits; nothing is aborted, the last write wins.
+        """
+        self.replicas["b"].hung = True  # the first write's prepare waits on b
+        first = deferred(self.coordinator.write, [(b"k", b"1")])
+        self.replicas["b"].hung = False
+        second = deferred(self.coordinator.write, [(b"k", b"2"), (b"j", b"2")])
+        other = deferred(self.coordinator.write, [(b"x", b"3")])
+        self.assertEqual(self.successResultOf(other), [False])  # another key: not held up
+        prepares = [t for n, what, t in self.events if what == "prepare" and n == "a"]
+        self.assertEqual(len(prepares), 2)  # the first write and the one on another key
+        self.assertNoResult(second)
+        self.clock.advance(RPC_TIMEOUT)  # b's prepare times out: the first write aborts
+        self.failureResultOf(first, TransactionFailed)
+        self.assertEqual(self.successResultOf(second), [False, False])
+        self.assertEqual(self.values(b"k"), [b"2"] * 3)
+        self.assertEqual(self.coordinator.stats["retries"], 0)
+
+    def test_conflict_tried_for_retry_for(self) -> None:
+        """
+        A key locked by another coordinator's write makes this write try
+        again until C{retry_for} has passed, then fail with nothing applied.
+        """
+        self.replicas["c"].participant.prepare("other", [(b"k", b"x")], ["c"], 2000)
+        d = deferred(self.coordinator.write, [(b"k", b"v")])
+        for _ in range(19):
+            self.clock.advance(0.1)
+        self.assertNoResult(d)
+        for _ in range(3):
+            self.clock.advance(0.1)
+        f = self.failureResultOf(d, TransactionFailed)
+        self.assertIn("conflict", f.value.reason)
+        self.assertGreater(self.coordinator.stats["retries"], 5)
+        self.assertEqual(self.values(b"k"), [None] * 3)
+
+
+class AloneTests(SynchronousTestCase):
+    """
+    A coordinator that is the only replica of its keys (a one-node
+    cluster) commits and reads at once, without recording a transaction.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.events: list = []
+        self.replica = ScriptedReplica("a", self.events, self.clock)
+        self.coordinator = Coordinator(
+            "a", HybridClock(self.clock.seconds, node_tag("a")), self.clock,
+            lambda key: ["a"], lambda node: self.replica, local=self.replica.participant,
+        )
+
+    def test_write_and_read_at_once(self) -> None:
+        """
+        The result comes back from the call itself, and nothing is left
+        behind: no lock, no transaction to remember, no timer.
+        """
+        done: list = []
+        self.assertEqual(self.coordinator.write([(b"k", b"v"), (b"j", None)], done.append),
+                         [False, False])
+        self.assertEqual(self.coordinator.write([(b"k", b"w")], done.append), [True])
+        self.assertEqual(self.coordinator.read([b"k", b"j"], done.append), [b"w", None])
+        self.assertEqual(self.events, [])  # both held here (j as a tombstone)
+        self.assertEqual(self.coordinator.read([b"z"], done.append), [None])
+        self.assertEqual(self.events, [("a", "read", "")])  # not held: asked the usual way
+        self.assertEqual(done, [])
+        self.assertEqual(self.replica.participant.in_doubt, 0)
+        self.assertEqual(self.coordinator.query("a:1:1"), ("unknown", b""))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_locked_key_takes_the_long_way(self) -> None:
+        """
+        A key locked by a prepared transaction is not written past the lock:
+        the write waits (wait-die) like any other, and commits after it.
+        """
+        participant = self.replica.participant
+        participant.prepare("young", [(b"k", b"x")], ["a"], 2000, "b", priority=b"\xff" * 12)
+        d = deferred(self.coordinator.write, [(b"k", b"v")])
+        self.assertNoResult(d)
+        participant.abort("young")
+        self.assertEqual(self.successResultOf(d), [False])
+        self.assertEqual(self.replica.store.get(b"k").value, b"v")
