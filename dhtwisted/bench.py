@@ -172,8 +172,37 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def fill(ports: list[int], keys: int, size: int = 16, batch: int = 100) -> None:
+    """
+    Write every key redis-benchmark's C{-r keys} picks from (C{key:}
+    and 12 digits) with MSET, so that GET rows read keys that exist.
+    """
+    value = b"v" * size
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=120) for port in ports]
+    try:
+        for n, start in enumerate(range(0, keys, batch)):
+            count = min(batch, keys - start)
+            cmd = b"*%d\r\n$4\r\nMSET\r\n" % (1 + 2 * count) + b"".join(
+                b"$16\r\nkey:%012d\r\n$%d\r\n%s\r\n" % (i, size, value)
+                for i in range(start, start + count))
+            s = sockets[n % len(sockets)]
+            s.sendall(cmd)
+            reply = s.recv(1024)
+            while not reply.endswith(b"\r\n"):
+                reply += s.recv(1024)
+            if not reply.startswith(b"+OK"):
+                raise BenchError(f"filling the keyspace: {reply.decode(errors='replace')}")
+    finally:
+        for s in sockets:
+            s.close()
+
+
+#: Keys the workloads pick from (redis-benchmark -r).
+KEYSPACE = 100_000
+
+
 def redis_benchmark(ports: list[int], test: str, requests: int, clients: int, pipeline: int,
-                    size: int, keyspace: int = 100_000) -> tuple[float, float, float]:
+                    size: int, keyspace: int = KEYSPACE) -> tuple[float, float, float]:
     """
     Run redis-benchmark against every port at once (clients split between
     them); return total ops/s, and the p50 and p99 latency in ms (the worst
@@ -285,10 +314,12 @@ class Bench:
         memory: dict = {}
         try:
             _, redis_port = start_redis(procs)
+            fill([redis_port], KEYSPACE)
             for w in workloads:
                 self.measure("redis", [redis_port], w)
             self.mixed("redis", [redis_port])
             one = start_cluster(procs, 1)
+            fill([one[0][1]], KEYSPACE)
             for w in workloads:
                 self.measure("dht 1 node", [one[0][1]], w)
             self.mixed("dht 1 node", [one[0][1]])
@@ -296,6 +327,7 @@ class Bench:
                 procs.stop(proc)
             three = start_cluster(procs, 3)
             ports = [p for _, p in three]
+            fill(ports, KEYSPACE)
             for w in workloads:
                 self.measure("dht 3 nodes", ports, w)
             self.mixed("dht 3 nodes", ports)

@@ -273,14 +273,14 @@ class DHTNode(MultiService):
         remote = self._remote.get(node_id)
         if remote is None:
             remote = self._remote[node_id] = RemoteReplica(
-                self.node_id, lambda: self._ready_link(node_id))
+                self.node_id, lambda: self._ready_link(node_id), lambda: self._link(node_id))
         return remote
 
-    def _ready_link(self, node_id: str) -> Union[PeerProtocol, Deferred[PeerProtocol]]:
+    def _ready_link(self, node_id: str) -> Optional[PeerProtocol]:
         link = self.pool.links.get(node_id)
         if link is not None and link.connected:
             return link
-        return self._link(node_id)
+        return None
 
     def _link(self, node_id: str) -> Deferred[PeerProtocol]:
         member = self.membership.get(node_id)

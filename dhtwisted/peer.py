@@ -17,6 +17,7 @@ by the node with the smaller id.
 from __future__ import annotations
 
 import itertools
+import struct
 from typing import Any, Callable, Optional, Protocol, Union
 
 from google.protobuf.message import DecodeError
@@ -28,6 +29,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from .membership import Member, Refused
+from .sending import write_now
 from .wire import PREAMBLE, Envelope, Frame, member_from_pb, member_to_pb
 
 __all__ = [
@@ -42,6 +44,8 @@ log = Logger()
 
 #: A callback that gets a result, or an C{Exception} in its place.
 Answer = Callable[[Any], None]
+#: The length prefix of a frame.
+_LENGTH = struct.Struct(">I")
 
 
 class PeerDisconnected(Exception):
@@ -342,7 +346,8 @@ class PeerProtocol(Int32StringReceiver):
         if not self.connected:
             return
         # a Frame is its envelopes, each as field 1: tag, length, bytes
-        self.sendString(b"".join([b"\n" + _varint(len(data)) + data for data in out]))
+        frame = b"".join([b"\n" + _varint(len(data)) + data for data in out])
+        write_now(self.transport, _LENGTH.pack(len(frame)) + frame)
 
     def call(self, envelope: Envelope) -> Deferred[Envelope]:
         """

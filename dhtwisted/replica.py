@@ -5,7 +5,7 @@ A peer as a replica: the L{IReplica} calls as peer requests.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -18,10 +18,6 @@ from .twopc import Write
 from .wire import Envelope, TxnStatus, record_from_pb, vote_from_pb
 
 __all__ = ["RemoteReplica", "fill_writes"]
-
-#: Gets a ready link to a peer: at once, or (while it is dialled) later.
-GetLink = Callable[[], Union[PeerProtocol, Deferred[PeerProtocol]]]
-
 
 def fill_writes(writes: list[Write], out: object) -> None:
     """
@@ -43,12 +39,15 @@ class RemoteReplica:
     link's RPC timeout (see L{PeerProtocol.request}).
 
     :param node_id: this node's id (the coordinator).
-    :param link: gets a ready link to the peer.
+    :param ready: the ready link to the peer, if there is one.
+    :param dial: a Deferred link to the peer, for when there is none.
     """
 
-    def __init__(self, node_id: str, link: GetLink) -> None:
+    def __init__(self, node_id: str, ready: Callable[[], Optional[PeerProtocol]],
+                 dial: Callable[[], Deferred[PeerProtocol]]) -> None:
         self._node_id = node_id
-        self._link = link
+        self._ready = ready
+        self._dial = dial
 
     def _send(self, envelope: Envelope, kind: str, convert: Callable[[Envelope], Any],
               answer: Answer) -> None:
@@ -63,14 +62,15 @@ class RemoteReplica:
             else:
                 answer(convert(reply))
 
-        link = self._link()
-        if isinstance(link, Deferred):
-            def failed(f: Failure) -> None:
-                answer(f.value)
-
-            link.addCallbacks(lambda ready: ready.request(envelope, got), failed)
-        else:
+        link = self._ready()
+        if link is not None:
             link.request(envelope, got)
+            return
+
+        def failed(f: Failure) -> None:
+            answer(f.value)
+
+        self._dial().addCallbacks(lambda ready: ready.request(envelope, got), failed)
 
     def prepare(self, txid: str, writes: list[Write], participants: list[str],
                 priority: bytes, answer: Answer) -> None:

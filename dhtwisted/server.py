@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from .commands import OK, PENDING, QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
 from .quoting import QuotingError, quote_value, reply_shape, split_args
+from .sending import write_now
 from .wire import MAGIC
 from .resp import (
     RespError,
@@ -432,7 +433,7 @@ class NodeProtocol(Protocol):
 
     def _send(self) -> None:
         if self._out:
-            self.transport.write(b"".join(self._out))
+            write_now(self.transport, b"".join(self._out))
             self._out = []
         if self._done and not self._replies and not self._lost:
             self.transport.loseConnection()

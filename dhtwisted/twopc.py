@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from twisted.internet.defer import TimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -56,10 +56,10 @@ class TransactionFailed(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Vote:
+class Vote(NamedTuple):
     """
-    A participant's answer to prepare.
+    A participant's answer to prepare. (A named tuple: one is made per
+    replica per write.)
 
     :ivar yes: whether it staged the writes and holds their locks.
     :ivar reason: why not, when C{yes} is false.
@@ -81,14 +81,17 @@ ABORTED = "aborted"
 UNKNOWN = "unknown"
 
 
-@dataclass
 class _Prepared:
-    txid: str
-    writes: list[Write]
-    deadline: float
-    coordinator: str
-    participants: list[str] = field(default_factory=list)
-    priority: bytes = b""
+    __slots__ = ("txid", "writes", "deadline", "coordinator", "participants", "priority")
+
+    def __init__(self, txid: str, writes: list[Write], deadline: float, coordinator: str,
+                 participants: list[str], priority: bytes) -> None:
+        self.txid = txid
+        self.writes = writes
+        self.deadline = deadline
+        self.coordinator = coordinator
+        self.participants = participants
+        self.priority = priority
 
 
 @dataclass
@@ -250,11 +253,12 @@ class Participant:
             answer(vote)
 
     def _vote_yes(self, writes: list[Write]) -> Vote:
-        records = [self._store.get(key) for key, _ in writes]
+        version_of = self._store.version_of
+        value = self._store.value
         return Vote(
             True,
-            max_version=max((r.version for r in records), default=NO_VERSION),
-            existed=tuple(r.value is not None for r in records),
+            max_version=max([version_of(key) for key, _ in writes], default=NO_VERSION),
+            existed=tuple([value(key) is not None for key, _ in writes]),
         )
 
     def commit(self, txid: str, version: bytes, writes: Optional[list[Write]] = None) -> bool:

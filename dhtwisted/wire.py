@@ -7,14 +7,12 @@ types. The only importer of the generated module.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from ._proto import dht_pb2
 from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member
 from .store import Record
-
-if TYPE_CHECKING:
-    from .twopc import Vote
+from .twopc import Vote
 
 __all__ = [
     "Envelope",
@@ -94,7 +92,7 @@ def record_from_pb(pb: dht_pb2.Record) -> Record:
     return Record(pb.version, None if pb.tombstone else pb.value)
 
 
-def vote_to_pb(txid: str, vote: "Vote", out: dht_pb2.Vote) -> None:
+def vote_to_pb(txid: str, vote: Vote, out: dht_pb2.Vote) -> None:
     """
     Fill C{out} with C{vote} on C{txid}.
     """
@@ -106,10 +104,8 @@ def vote_to_pb(txid: str, vote: "Vote", out: dht_pb2.Vote) -> None:
     out.existed.extend(vote.existed)
 
 
-def vote_from_pb(pb: dht_pb2.Vote) -> "Vote":
+def vote_from_pb(pb: dht_pb2.Vote) -> Vote:
     """
     A protobuf vote as a L{Vote}.
     """
-    from .twopc import Vote
-
     return Vote(pb.yes, pb.reason, pb.conflict, pb.max_version, tuple(pb.existed))
