@@ -87,6 +87,16 @@ class NodeAPI(Protocol):
         existed.
         """
 
+    def hold(self) -> None:
+        """
+        Gather the writes that start until L{release} (optional).
+        """
+
+    def release(self) -> None:
+        """
+        Start the writes gathered since L{hold}.
+        """
+
     def info(self, section: Optional[str]) -> list[str]:
         """
         The C{INFO} lines.
@@ -130,6 +140,27 @@ class Commands:
         self._max_write = max_write
         self.calls: Counter[bytes] = Counter()  # upper-case command name -> count
         self.errors = 0
+        self._hold = getattr(node, "hold", None)
+        self._release = getattr(node, "release", None)
+
+    def hold(self) -> None:
+        """
+        The commands run until L{release} came in together (one read of a
+        client's pipelined commands): the node may gather their writes into
+        one transaction.
+        """
+        if self._hold is not None:
+            self._hold()
+
+    def release(self) -> None:
+        """
+        See L{hold}.
+        """
+        if self._release is not None:
+            try:
+                self._release()
+            except Exception:
+                log.failure("starting gathered writes failed")
 
     def execute(self, args: list[bytes], respond: Respond) -> Any:
         """
@@ -155,7 +186,8 @@ class Commands:
             return ErrorReply(
                 f"wrong number of arguments for '{name.decode().lower()}' command"
             )
-        self.calls[name] += 1
+        calls = self.calls
+        calls[name] = calls.get(name, 0) + 1
         return command.run(self, args, respond)
 
     def _check_key(self, key: bytes) -> Optional[ErrorReply]:

@@ -126,6 +126,7 @@ class DHTNode(MultiService):
             self.node_id, self.clock, reactor, self.replicas_for, self.replica,
             rpc_timeout=config.rpc_timeout, rng=self.rng, is_member=self._is_member, keep=keep,
             local=self.participant, retries=RETRIES, retry_for=config.rpc_timeout,
+            group_bytes=config.max_message // 2,
         )
         self.commands = Commands(self, config.max_key, config.max_value,
                                  max_write=config.max_message)
@@ -135,6 +136,7 @@ class DHTNode(MultiService):
             max_clients=config.max_clients,
             max_pipeline=config.max_pipeline,
             peer_connected=self._peer_connected,
+            clock=reactor,
         )
         self.peer_factory = PeerFactory(self, reactor, config.rpc_timeout, config.max_frame)
         self.pool = PeerPool(self.peer_factory, connect or self._tcp_connect, reactor,
@@ -227,6 +229,11 @@ class DHTNode(MultiService):
         await DeferredList([self._gossip_with(m.node_id, m.address, table) for m in peers],
                            consumeErrors=True)
         while len(self.store):
+            if not self.membership.peers():
+                # the others left too (a whole cluster stopping): nobody to take them
+                log.warn("node {node_id} left with {count} records: no live member "
+                         "remains to take them", node_id=self.node_id, count=len(self.store))
+                return
             before = len(self.store)
             await self._stabilize_pass(self.membership.version)
             if len(self.store) == before:
@@ -321,6 +328,18 @@ class DHTNode(MultiService):
         if membership.peak == 1 and self.config.seeds:
             raise TransactionFailed("not part of a cluster yet: no seed answered; nothing applied")
         return self.coordinator.write(writes, done)
+
+    def hold(self) -> None:
+        """
+        See L{dhtwisted.commands.NodeAPI.hold}.
+        """
+        self.coordinator.hold()
+
+    def release(self) -> None:
+        """
+        See L{dhtwisted.commands.NodeAPI.release}.
+        """
+        self.coordinator.release()
 
     # -- peers (PeerHandler)
 

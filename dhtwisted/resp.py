@@ -23,6 +23,11 @@ __all__ = [
 NIL = b"$-1\r\n"
 SplitFn = Callable[[bytes], list[bytes]]
 _MAX_ARGS = 1024 * 1024
+#: The longest header line (C{*count} or C{$length}) accepted, and the
+#: window searched for its end (a line of C{_HEADER_MAX} bytes may have its
+#: \r but not yet its \n).
+_HEADER_MAX = 32
+_HEADER_WINDOW = _HEADER_MAX + 2
 
 
 class RespError(ValueError):
@@ -69,23 +74,38 @@ def encode_array(values: Sequence[Optional[bytes]]) -> bytes:
     return b"*%d\r\n" % len(values) + b"".join(encode_bulk(v) for v in values)
 
 
-def _line_end(buf: bytes, pos: int, limit: int, what: str) -> int:
+def _parse_whole(buf: bytes, max_bulk: int) -> Optional[list[list[bytes]]]:
     """
-    The index of the C{\\r\\n} ending the line at C{pos}, or -1 if the line
-    is not complete yet.
+    The common case, fast: C{buf} is whole commands (arrays of bulk
+    strings, headers written as Redis clients write them) and no argument
+    holds a CRLF. Then splitting at CRLFs gives the headers and the
+    arguments. C{None} for anything else: L{parse_commands} then parses
+    byte by byte (and finds any error).
     """
-    end = buf.find(b"\r\n", pos, pos + limit + 2)
-    # a line of C{limit} bytes may have its \r but not yet its \n
-    if end < 0 and len(buf) - pos > limit + 1:
-        raise RespError(f"Protocol error: too big {what}")
-    return end
-
-
-def _header(buf: bytes, pos: int, end: int, what: str) -> int:
+    if buf[:1] != b"*" or buf[-2:] != b"\r\n":
+        return None
+    parts = buf.split(b"\r\n")
+    size = len(parts) - 1  # the empty string after the last CRLF
+    commands = []
+    i = 0
     try:
-        return int(buf[pos + 1 : end])
+        while i < size:
+            head = parts[i]
+            count = int(head[1:])
+            end = i + 1 + 2 * count
+            if (head[:1] != b"*" or count <= 0 or count > _MAX_ARGS or end > size
+                    or head != b"*%d" % count):
+                return None
+            args = parts[i + 2 : end : 2]
+            if parts[i + 1 : end : 2] != [b"$%d" % len(a) for a in args]:
+                return None  # an argument with a CRLF in it, or an odd header
+            if max(map(len, args)) > max_bulk:
+                return None
+            commands.append(args)
+            i = end
     except ValueError:
-        raise RespError(f"Protocol error: invalid {what}") from None
+        return None
+    return commands
 
 
 def parse_commands(
@@ -107,9 +127,13 @@ def parse_commands(
         replies, a call that finds an error after complete commands returns
         those first; the next call raises.)
     """
+    whole = _parse_whole(buf, max_bulk)
+    if whole is not None:
+        return whole, len(buf), 0
     commands: list[list[bytes]] = []
     pos = 0
     size = len(buf)
+    find = buf.find
     while pos < size:
         start = pos
         if buf[pos] != 0x2A:  # not '*': an inline command
@@ -133,25 +157,37 @@ def parse_commands(
             if args:
                 commands.append(args)
             continue
+        # (the header lines are parsed inline: this loop runs for every
+        # command a client sends)
         try:
-            end = _line_end(buf, pos, 32, "multibulk count")
+            end = find(b"\r\n", pos, pos + _HEADER_WINDOW)
             if end < 0:
+                if size - pos > _HEADER_MAX + 1:
+                    raise RespError("Protocol error: too big multibulk count")
                 return commands, start, 0
-            count = _header(buf, pos, end, "multibulk length")
+            try:
+                count = int(buf[pos + 1 : end])
+            except ValueError:
+                raise RespError("Protocol error: invalid multibulk length") from None
             if count > _MAX_ARGS:
                 raise RespError("Protocol error: invalid multibulk length")
             pos = end + 2
             args = []
-            for _ in range(max(count, 0)):
+            for _ in range(count):
                 if pos >= size:
                     return commands, start, 0
                 if buf[pos] != 0x24:  # '$'
                     got = chr(buf[pos]) if 0x20 < buf[pos] < 0x7F else "\\x%02x" % buf[pos]
                     raise RespError(f"Protocol error: expected '$', got '{got}'")
-                end = _line_end(buf, pos, 32, "bulk count")
+                end = find(b"\r\n", pos, pos + _HEADER_WINDOW)
                 if end < 0:
+                    if size - pos > _HEADER_MAX + 1:
+                        raise RespError("Protocol error: too big bulk count")
                     return commands, start, 0
-                length = _header(buf, pos, end, "bulk length")
+                try:
+                    length = int(buf[pos + 1 : end])
+                except ValueError:
+                    raise RespError("Protocol error: invalid bulk length") from None
                 if length < 0 or length > max_bulk:
                     raise RespError("Protocol error: invalid bulk length")
                 pos = end + 2

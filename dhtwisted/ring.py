@@ -63,6 +63,7 @@ class Ring:
         self._tokens: list[int] = sorted(owners)
         self._owners: list[str] = [owners[t] for t in self._tokens]
         self.nodes: frozenset[str] = frozenset(self._owners)
+        self._alone = list(self.nodes) if len(self.nodes) == 1 else None
         self._cache: dict[tuple[int, int], list[str]] = {}
 
     def __len__(self) -> int:
@@ -75,6 +76,8 @@ class Ring:
         """
         The first C{n} distinct nodes clockwise from C{key}'s position.
         """
+        if self._alone is not None:
+            return self._alone  # one node: no need to hash the key
         return self.walk(key_position(key, self.ring_size), n)
 
     def walk(self, position: int, n: int) -> list[str]:

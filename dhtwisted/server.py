@@ -19,7 +19,7 @@ import re
 from collections import deque
 from typing import Callable, Optional, Union
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -249,9 +249,12 @@ class NodeProtocol(Protocol):
             data = self._buf + data
         self._buf = data
         self._reading = True
+        commands = self.factory.commands
+        commands.hold()  # the writes of one read may go to the replicas together
         try:
             self._process()
         finally:
+            commands.release()
             self._reading = False
         self._send()
 
@@ -414,7 +417,9 @@ class NodeProtocol(Protocol):
         while replies and replies[0][0] is not None:
             self._out.append(replies.popleft()[0])  # type: ignore[arg-type]
         if not self._reading:
-            self._send()
+            # the replies that come during one turn of the reactor (those of
+            # a client's pipelined writes, say) go out in one write
+            self.factory.send_later(self)
         if self._paused and len(replies) < self.factory.max_pipeline // 2 + 1:
             self._paused = False
             if not self._done:
@@ -430,6 +435,13 @@ class NodeProtocol(Protocol):
         self._reply(ErrorReply(message))
         self._done = True
         self._buf = b""
+
+    def send(self) -> None:
+        """
+        Send the replies that are ready.
+        """
+        if not self._lost:
+            self._send()
 
     def _send(self) -> None:
         if self._out:
@@ -459,6 +471,8 @@ class NodeFactory(Factory):
     :param peer_connected: takes over a connection that opened as a peer
         link, given the bytes read so far; returns the protocol that gets
         the connection's later bytes.
+    :param clock: with it, replies that come between reads are sent at the
+        end of the reactor's turn, together; without, at once.
     """
 
     protocol = NodeProtocol  # type: ignore[assignment]
@@ -471,6 +485,7 @@ class NodeFactory(Factory):
         max_clients: int,
         max_pipeline: int,
         peer_connected: Optional[Callable[[NodeProtocol, bytes], Protocol]] = None,
+        clock: Optional[IReactorTime] = None,
     ) -> None:
         self.commands = commands
         self.max_line = max_line
@@ -481,6 +496,26 @@ class NodeFactory(Factory):
         self._peer_connected = peer_connected
         self.connections = 0
         self.clients = 0
+        self._clock = clock
+        self._unsent: dict[NodeProtocol, None] = {}
+        self._send_call: Optional[IDelayedCall] = None
+
+    def send_later(self, proto: NodeProtocol) -> None:
+        """
+        Send C{proto}'s ready replies at the end of this turn of the reactor.
+        """
+        if self._clock is None:
+            proto.send()
+            return
+        self._unsent[proto] = None
+        if self._send_call is None:
+            self._send_call = self._clock.callLater(0, self._send_all)
+
+    def _send_all(self) -> None:
+        self._send_call = None
+        unsent, self._unsent = self._unsent, {}
+        for proto in unsent:
+            proto.send()
 
     def buildProtocol(self, addr: object) -> NodeProtocol:
         """

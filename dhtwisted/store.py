@@ -40,14 +40,6 @@ class Record(NamedTuple):
 MISSING = Record(NO_VERSION, None)
 
 
-def _pack(version: bytes, value: Optional[bytes]) -> bytes:
-    if len(version) != _VERSION_LEN:
-        raise ValueError(f"a version is {_VERSION_LEN} bytes, got {len(version)}")
-    if value is None:
-        return version + _TOMBSTONE
-    return version + _LIVE + value
-
-
 def _unpack(packed: bytes) -> Record:
     if packed[_VERSION_LEN : _VERSION_LEN + 1] == _TOMBSTONE:
         return Record(packed[:_VERSION_LEN], None)
@@ -109,14 +101,19 @@ class Store:
 
         :return: whether the store changed.
         """
-        old = self._data.get(key)
+        if len(version) != _VERSION_LEN:
+            raise ValueError(f"a version is {_VERSION_LEN} bytes, got {len(version)}")
+        data = self._data
+        old = data.get(key)
         if old is not None:
             if old[:_VERSION_LEN] >= version:
                 return False
-            if old[_VERSION_LEN : _VERSION_LEN + 1] == _LIVE:
+            if old[_VERSION_LEN] == _LIVE_BYTE:
                 self._live -= 1
-        self._data[key] = _pack(version, value)
-        if value is not None:
+        if value is None:
+            data[key] = version + _TOMBSTONE
+        else:
+            data[key] = version + _LIVE + value
             self._live += 1
         return True
 

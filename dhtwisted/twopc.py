@@ -409,6 +409,9 @@ class Coordinator:
     :param rpc_timeout: seconds between sending an unconfirmed commit again.
     :param retries: how many times a write that met a lock conflict is tried again.
     :param retry_for: seconds after its start a write is no longer tried again.
+    :param group_bytes: the most bytes of keys and values gathered into one
+        transaction (see L{hold}) ...
+    :param group_size: ... and the most writes.
     :param is_member: whether a node is still a member, alive or not (a
         commit it did not confirm is sent again while it is).
     :param keep: seconds a decision is remembered for participants that ask.
@@ -430,6 +433,8 @@ class Coordinator:
         keep: float = 600.0,
         local: Optional[Participant] = None,
         retry_for: float = float("inf"),
+        group_bytes: int = 1 << 20,
+        group_size: int = 256,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -450,6 +455,11 @@ class Coordinator:
         self._redelivery: dict[tuple[str, str], Any] = {}  # (txid, node) -> delayed call
         self._inflight: dict[bytes, _Write] = {}  # key -> this node's write holding it
         self._queued: list[_Write] = []  # writes waiting for such a key, in order
+        self._holding = 0
+        self._gathered: list[_Write] = []  # writes to start as one transaction
+        self._gathered_bytes = 0
+        self._group_bytes = group_bytes
+        self._group_size = group_size
         self.stats = {"commits": 0, "aborts": 0, "retries": 0, "unconfirmed": 0}
 
     def _new_txid(self) -> str:
@@ -498,7 +508,7 @@ class Coordinator:
         :raise TransactionFailed: if it failed at once.
         """
         if len(writes) == 1:
-            items = list(writes)
+            items = writes if type(writes) is list else list(writes)
         else:
             latest: dict[bytes, Optional[bytes]] = {}
             for key, value in writes:
@@ -529,7 +539,44 @@ class Coordinator:
             return PENDING
         for key, _ in items:
             inflight[key] = txn
+        if self._holding:
+            return self._gather(txn)
         return txn.begin()
+
+    def hold(self) -> None:
+        """
+        Gather the writes that start from now until L{release} into one
+        transaction (a client's pipelined commands, say): one prepare and
+        one commit per replica for all of them. Each write still answers on
+        its own; if the gathered transaction aborts, each is tried alone, so
+        that one write's refusal or conflict does not fail the others.
+        """
+        self._holding += 1
+
+    def release(self) -> None:
+        """
+        Start the writes gathered since L{hold}.
+        """
+        self._holding -= 1
+        if not self._holding:
+            self._start_gathered()
+
+    def _gather(self, txn: "_Write") -> Any:
+        txn.sync = False
+        self._gathered.append(txn)
+        self._gathered_bytes += sum(len(k) + len(v or b"") for k, v in txn.writes)
+        if (self._gathered_bytes >= self._group_bytes
+                or len(self._gathered) >= self._group_size):
+            self._start_gathered()
+        return PENDING
+
+    def _start_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, []
+        self._gathered_bytes = 0
+        if len(gathered) == 1:
+            gathered[0].begin()
+        elif gathered:
+            _Group(self, gathered).begin()
 
     def _start_queued(self) -> None:
         """
@@ -677,6 +724,7 @@ class _Write(_Operation):
         self.votes: dict[str, Vote] = {}
         self.pending = 0
         self.unconfirmed: list[str] = []
+        self.committed = False
 
     def finish(self, outcome: Any) -> None:
         self.c._finished(self)
@@ -722,6 +770,7 @@ class _Write(_Operation):
             c._undecided.discard(txid)
             newest = max(v.max_version for v in self.votes.values())
             self.version = c._clock.next_after(newest)
+            self.committed = True
             c._decisions[txid] = (self.version, now)
             self.unconfirmed = []
             for node in self.plan:
@@ -782,6 +831,40 @@ class _Write(_Operation):
             c._reactor.callLater(pause, self._retry)
         else:
             self.finish(TransactionFailed(f"write aborted, nothing applied ({noes[0].reason})"))
+
+
+class _Group(_Write):
+    """
+    Several writes gathered into one transaction (see L{Coordinator.hold}):
+    their keys are distinct, as each holds its keys at this coordinator.
+    """
+
+    def __init__(self, c: Coordinator, members: list[_Write]) -> None:
+        writes: list[Write] = []
+        plan: dict[str, list[int]] = {}
+        for member in members:
+            offset = len(writes)
+            writes.extend(member.writes)
+            for node, indexes in member.plan.items():
+                plan.setdefault(node, []).extend(i + offset for i in indexes)
+        super().__init__(c, writes, plan, lambda outcome: None)
+        self.members = members
+        self.priority = min(member.priority for member in members)
+        self.attempt = c._retries  # not tried again as a whole: see finish
+
+    def finish(self, outcome: Any) -> None:
+        if isinstance(outcome, Exception) and not self.committed:
+            # nothing applied: try each write alone, so that one write's
+            # refusal or conflict does not fail the others
+            for member in self.members:
+                member._retry()
+            return
+        offset = 0
+        for member in self.members:
+            count = len(member.writes)
+            member.finish(outcome if isinstance(outcome, Exception)
+                          else outcome[offset : offset + count])
+            offset += count
 
 
 class _Read(_Operation):

@@ -120,6 +120,25 @@ class ReplicationTests(SynchronousTestCase):
             self.assertEqual(set(holders.values()), {b"v" + key})
         self.assertEqual(len(owners), 5)
 
+    def test_pipelined_writes_one_transaction(self) -> None:
+        """
+        Writes a client pipelines in one read answer in order, each on its
+        own, and go to the replicas as one transaction.
+        """
+        c = self.cluster.client(2)
+        coordinator = self.cluster.nodes[2].coordinator
+        before = coordinator.stats["commits"]
+        keys = [b"p%d" % i for i in range(12)]
+        c.protocol.dataReceived(b"".join(b"set %s v%s\n" % (k, k) for k in keys)
+                                + b"del p0 nothing\nget p1\n")
+        self.cluster.run(1)
+        self.assertEqual(c.take(), b"ok\r\n" * 12 + b"1\r\n" + b"vp1\r\n")
+        # the twelve SETs together; the DEL waits for the SET of p0, then goes alone
+        self.assertEqual(coordinator.stats["commits"] - before, 2)
+        for key in keys[1:]:
+            self.assertEqual(set(self.cluster.holders(key).values()), {b"v" + key})
+        self.assertEqual(set(self.cluster.holders(b"p0").values()), {None})
+
     def test_replica_down_write_fails_nothing_applied(self) -> None:
         """
         With a replica of the key crashed (not yet declared dead), the write

@@ -121,6 +121,28 @@ class ParseTests(SynchronousTestCase):
         data = resp(b"SET", b"k", value)
         self.assertEqual(parse(data), ([[b"SET", b"k", value]], len(data), 0))
 
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.lists(st.binary(max_size=12) | st.sampled_from(
+        [b"\r\n", b"$3\r\nSET\r\n", b"*1\r\n$1\r\nx", b"\r\n$0\r\n"]),
+        min_size=1, max_size=4), min_size=1, max_size=4))
+    def test_whole_buffers_with_crlf_in_values(self, commands: Commands) -> None:
+        """
+        A buffer of whole commands whose values hold CRLFs and things that
+        look like headers parses to exactly those commands (the fast path
+        for whole buffers must not be fooled), all bytes consumed.
+        """
+        data = b"".join(resp(*args) for args in commands)
+        self.assertEqual(parse(data), (commands, len(data), 0))
+        longest = max(len(a) for args in commands for a in args)
+        if longest:
+            # and an argument over max_bulk is refused, fast path or not
+            first_long = next(i for i, args in enumerate(commands)
+                              if max(map(len, args)) == longest)
+            if first_long == 0:
+                self.assertRaises(RespError, parse, data, max_bulk=longest - 1)
+            else:
+                self.assertEqual(parse(data, max_bulk=longest - 1)[0], commands[:first_long])
+
     def test_several_commands(self) -> None:
         """
         Every complete command in the buffer is returned, in order.

@@ -517,3 +517,51 @@ class AloneTests(SynchronousTestCase):
         participant.abort("young")
         self.assertEqual(self.successResultOf(d), [False])
         self.assertEqual(self.replica.store.get(b"k").value, b"v")
+
+
+class GroupTests(ThreeReplicasCase):
+    """
+    Writes started between hold() and release() (a client's pipelined
+    commands) go to the replicas as one transaction, and still answer one
+    by one.
+    """
+
+    options = {"retries": 2}
+
+    def test_one_transaction_for_many_writes(self) -> None:
+        """
+        Three writes held together: one prepare and one commit per replica,
+        each write answers with its own keys' flags.
+        """
+        self.successResultOf(deferred(self.coordinator.write, [(b"old", b"0")]))
+        self.events.clear()
+        self.coordinator.hold()
+        writes = [deferred(self.coordinator.write, w) for w in (
+            [(b"k1", b"1")], [(b"old", b"2"), (b"k2", b"2")], [(b"k3", None)])]
+        for d in writes:
+            self.assertNoResult(d)
+        self.coordinator.release()
+        self.assertEqual([self.successResultOf(d) for d in writes],
+                         [[False], [True, False], [False]])
+        self.assertEqual([w for _, w, _ in self.events], ["prepare"] * 3 + ["commit"] * 3)
+        self.assertEqual(self.values(b"old"), [b"2"] * 3)
+        self.assertEqual(self.coordinator.stats["commits"], 2)
+
+    def test_refused_write_fails_alone(self) -> None:
+        """
+        When the gathered transaction aborts (one key is locked by an older
+        write elsewhere), each write is tried alone: the others commit.
+        """
+        self.replicas["c"].participant.prepare("older", [(b"bad", b"x")], ["c"], 2000,
+                                               "z", priority=b"\x00" * 12)
+        self.coordinator.hold()
+        good = deferred(self.coordinator.write, [(b"good", b"1")])
+        bad = deferred(self.coordinator.write, [(b"bad", b"1")])
+        self.coordinator.release()
+        self.assertEqual(self.successResultOf(good), [False])
+        self.assertNoResult(bad)  # waits for the older write's lock, then gives up
+        for _ in range(30):
+            self.clock.advance(0.1)
+        self.failureResultOf(bad, TransactionFailed)
+        self.assertEqual(self.values(b"good"), [b"1"] * 3)
+        self.assertEqual(self.values(b"bad"), [None] * 3)
