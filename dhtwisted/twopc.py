@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from twisted.internet.defer import TimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -434,7 +434,7 @@ class Coordinator:
         local: Optional[Participant] = None,
         retry_for: float = float("inf"),
         group_bytes: int = 1 << 20,
-        group_size: int = 256,
+        group_size: int = 32,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -458,6 +458,7 @@ class Coordinator:
         self._holding = 0
         self._gathered: list[_Write] = []  # writes to start as one transaction
         self._gathered_bytes = 0
+        self._start_call: Optional[IDelayedCall] = None
         self._group_bytes = group_bytes
         self._group_size = group_size
         self.stats = {"commits": 0, "aborts": 0, "retries": 0, "unconfirmed": 0}
@@ -545,9 +546,10 @@ class Coordinator:
 
     def hold(self) -> None:
         """
-        Gather the writes that start from now until L{release} into one
-        transaction (a client's pipelined commands, say): one prepare and
-        one commit per replica for all of them. Each write still answers on
+        Gather the writes that start from now until L{release} (a client's
+        pipelined commands, say) and those of other holds in the same turn
+        of the reactor into one transaction: one prepare and one commit per
+        replica for all of them. Each write still answers on
         its own; if the gathered transaction aborts, each is tried alone, so
         that one write's refusal or conflict does not fail the others.
         """
@@ -555,11 +557,12 @@ class Coordinator:
 
     def release(self) -> None:
         """
-        Start the writes gathered since L{hold}.
+        Start the writes gathered since L{hold}, at the end of this turn of
+        the reactor: with those of the other clients read in the same turn.
         """
         self._holding -= 1
-        if not self._holding:
-            self._start_gathered()
+        if not self._holding and self._gathered and self._start_call is None:
+            self._start_call = self._reactor.callLater(0, self._start_gathered)
 
     def _gather(self, txn: "_Write") -> Any:
         txn.sync = False
@@ -571,6 +574,10 @@ class Coordinator:
         return PENDING
 
     def _start_gathered(self) -> None:
+        if self._start_call is not None:
+            if self._start_call.active():
+                self._start_call.cancel()
+            self._start_call = None
         gathered, self._gathered = self._gathered, []
         self._gathered_bytes = 0
         if len(gathered) == 1:

@@ -541,6 +541,9 @@ class GroupTests(ThreeReplicasCase):
         for d in writes:
             self.assertNoResult(d)
         self.coordinator.release()
+        for d in writes:
+            self.assertNoResult(d)  # started at the end of the reactor's turn
+        self.clock.advance(0)
         self.assertEqual([self.successResultOf(d) for d in writes],
                          [[False], [True, False], [False]])
         self.assertEqual([w for _, w, _ in self.events], ["prepare"] * 3 + ["commit"] * 3)
@@ -558,6 +561,7 @@ class GroupTests(ThreeReplicasCase):
         good = deferred(self.coordinator.write, [(b"good", b"1")])
         bad = deferred(self.coordinator.write, [(b"bad", b"1")])
         self.coordinator.release()
+        self.clock.advance(0)
         self.assertEqual(self.successResultOf(good), [False])
         self.assertNoResult(bad)  # waits for the older write's lock, then gives up
         for _ in range(30):
