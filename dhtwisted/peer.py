@@ -392,13 +392,15 @@ class PeerProtocol(Int32StringReceiver):
             if deadline > now + 1e-6:
                 break
             expired.append(request_id)
-        for request_id in expired:
-            answer = pending.pop(request_id)[0]
-            _answer(answer, TimeoutError(f"{self.peer_id or self._address()} did not answer "
-                                         f"within {self.rpc_timeout} s"))
+        answers = [pending.pop(request_id)[0] for request_id in expired]
+        # set the next timer before answering: an answer may send a request
+        # on this link, which sets one only when none is set
         if pending:
             deadline = next(iter(pending.values()))[1]
             self._sweep = self.clock.callLater(max(deadline - now, 0.001), self._expire)
+        for answer in answers:
+            _answer(answer, TimeoutError(f"{self.peer_id or self._address()} did not answer "
+                                         f"within {self.rpc_timeout} s"))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """

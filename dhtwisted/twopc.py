@@ -523,7 +523,7 @@ class Coordinator:
             if key in inflight:
                 busy = True
                 break
-        if (not busy and self._local is not None and len(plan) == 1
+        if (not busy and not self._queued and self._local is not None and len(plan) == 1
                 and self._node_id in plan):
             # this node is the only replica: the two phases are one local step
             existed = self._local.write_alone(items)

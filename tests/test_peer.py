@@ -391,6 +391,34 @@ class RequestTests(LinkTestCase):
         self.pump.flush()
         self.assertEqual(values(self.successResultOf(d)), [(b"k", b"value of k")])
 
+    def test_one_timer_while_timeouts_send_more(self) -> None:
+        """
+        A peer that answers nothing, while each timed-out request makes the
+        caller send another on the same link (an abort after a prepare
+        timed out): every request times out, and the link keeps one timeout
+        timer, not one more per timeout.
+        """
+        self.b.answer = lambda request: Deferred()
+        timed_out: list[object] = []
+
+        def again(result: object) -> None:
+            timed_out.append(result)
+            if len(timed_out) < 20:
+                self.dialler.request(ping(), again)
+
+        for _ in range(3):
+            self.dialler.request(ping(), again)
+            self.pump.flush()
+            self.clock.advance(0.3)
+        for _ in range(200):
+            self.clock.advance(0.3)
+            self.pump.flush()
+            sweeps = [c for c in self.clock.getDelayedCalls()
+                      if c.func == self.dialler._expire]
+            self.assertLessEqual(len(sweeps), 1)
+        self.assertEqual(len(timed_out), 22)
+        self.assertTrue(all(isinstance(r, TimeoutError) for r in timed_out))
+
     def test_lost_link_fails_pending_at_once(self) -> None:
         """
         Losing the link fails every pending request at once with PeerDisconnected; both nodes hear.

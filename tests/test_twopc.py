@@ -519,6 +519,31 @@ class AloneTests(SynchronousTestCase):
         self.assertEqual(self.replica.store.get(b"k").value, b"v")
 
 
+    def test_local_write_waits_behind_queued_write(self) -> None:
+        """
+        With one replica per key, a write only this node holds does not
+        overtake an earlier queued write of the same key (the writes of a
+        pipeline apply in order).
+        """
+        remote = ScriptedReplica("b", self.events, self.clock)
+        replicas = {"a": self.replica, "b": remote}
+        coordinator = Coordinator(
+            "a", HybridClock(self.clock.seconds, node_tag("a")), self.clock,
+            lambda key: ["b"] if key == b"k1" else ["a"], replicas.__getitem__,
+            local=self.replica.participant,
+        )
+        remote.hung = True
+        first = deferred(coordinator.write, [(b"k1", b"a")])
+        remote.hung = False
+        second = deferred(coordinator.write, [(b"k1", b"b"), (b"k2", b"c")])
+        third = deferred(coordinator.write, [(b"k2", b"d")])
+        self.assertNoResult(third)
+        self.clock.advance(RPC_TIMEOUT)
+        self.failureResultOf(first, TransactionFailed)
+        self.successResultOf(second)
+        self.successResultOf(third)
+        self.assertEqual(self.replica.store.get(b"k2").value, b"d")
+
 class GroupTests(ThreeReplicasCase):
     """
     Writes started between hold() and release() (a client's pipelined
