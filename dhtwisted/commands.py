@@ -210,10 +210,11 @@ class Commands:
     def _write(self, writes: list[tuple[bytes, Optional[bytes]]], shape: Shape,
                respond: Respond) -> Any:
         total = 0
+        max_key = self._max_key
+        max_value = self._max_value
         for key, value in writes:
-            error = self._check_key(key) or (value is not None and self._check_value(value))
-            if error:
-                return error
+            if len(key) > max_key or (value is not None and len(value) > max_value):
+                return self._check_key(key) or self._check_value(value)  # type: ignore[arg-type]
             total += len(key) + len(value or b"")
         if self._max_write is not None and total > self._max_write:
             return ErrorReply(f"write too large: {total} bytes of keys and values, "

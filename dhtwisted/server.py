@@ -177,6 +177,7 @@ class NodeProtocol(Protocol):
         self._counted = False
         self._lost = False
         self._peer: Optional[Protocol] = None
+        self._spare = self._slot()
 
     def connectionMade(self) -> None:
         """
@@ -347,10 +348,29 @@ class NodeProtocol(Protocol):
             return
         self._buf = self._buf[used:]
         self._need = need
+        execute = factory.commands.execute
         for args in commands:
             if self._done:
                 return
-            self._run(args)
+            # _run, for RESP: the path of every command a Redis client sends
+            slot, respond = self._spare
+            try:
+                reply = execute(args, respond)
+            except Exception:
+                log.failure("command failed")
+                reply = ErrorReply("internal error, see the node's log")
+            if reply is PENDING:
+                self._pending(slot)
+                continue
+            if type(reply) is HelloReply:
+                self._encode = encode_resp3 if reply.proto == 3 else encode_resp
+            data = self._encode(reply)
+            if self._replies:
+                self._replies.append([data])
+            else:
+                self._out.append(data)
+            if reply is QUIT:
+                self._done = True
         if self._buf and not self._need:
             # an error stopped the parse after complete commands: report it now
             try:
@@ -358,39 +378,56 @@ class NodeProtocol(Protocol):
             except RespError as e:
                 self._fatal(str(e))
 
-    def _run(self, args: list[bytes]) -> None:
+    def _slot(self) -> tuple[list[Optional[bytes]], Callable[[Reply], None]]:
+        """
+        A place in the reply order, and the callable that fills it.
+        """
         slot: list[Optional[bytes]] = [None]
-        if self._mode == "text":
-            # the text protocol's reply has the shape the client expects
-            # (reply_shape): MGET one line per key, errors too; other lists
-            # are blocks
-            kind, count = reply_shape(args)
 
-            def respond(reply: Reply) -> None:
-                self._fill(_text_shape(reply, kind, count), slot)
-        else:
-            def respond(reply: Reply) -> None:
-                self._fill(reply, slot)
+        def respond(reply: Reply) -> None:
+            self._fill(reply, slot)
+
+        return slot, respond
+
+    def _run(self, args: list[bytes]) -> None:
+        """
+        Run one text command. (RESP commands run in L{_process_resp}.)
+        """
+        slot: list[Optional[bytes]] = [None]
+        # the text protocol's reply has the shape the client expects
+        # (reply_shape): MGET one line per key, errors too; other lists
+        # are blocks
+        kind, count = reply_shape(args)
+
+        def respond(reply: Reply) -> None:
+            self._fill(_text_shape(reply, kind, count), slot)
+
         try:
             reply = self.factory.commands.execute(args, respond)
         except Exception:
             log.failure("command failed")
             reply = ErrorReply("internal error, see the node's log")
         if reply is PENDING:
-            self._replies.append(slot)
-            if slot[0] is not None:  # answered before execute returned
-                self._drain()
-            elif len(self._replies) >= self.factory.max_pipeline and not self._paused:
-                self._paused = True
-                self.transport.pauseProducing()
+            self._pending(slot)
             return
-        if self._mode == "text":
-            reply = _text_shape(reply, kind, count)
-        elif type(reply) is HelloReply:
-            self._encode = encode_resp3 if reply.proto == 3 else encode_resp
-        self._reply(reply)
+        self._reply(_text_shape(reply, kind, count))
         if reply is QUIT:
             self._done = True
+
+    def _pending(self, slot: list[Optional[bytes]]) -> None:
+        """
+        A command whose reply comes later: keep its place in the order.
+        """
+        self._replies.append(slot)
+        if slot is self._spare[0]:
+            # most replies are ready at once, so a RESP connection uses one
+            # slot again until a command keeps it
+            self._spare = self._slot()
+        if slot[0] is not None:  # answered before execute returned
+            self._drain()
+        elif len(self._replies) >= self.factory.max_pipeline and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
 
     def _reply(self, reply: Reply) -> None:
         data = self._encode(reply)

@@ -16,7 +16,7 @@ from typing import Iterator, NamedTuple, Optional
 
 from .version import NO_VERSION, VERSION_SIZE, version_millis
 
-__all__ = ["Record", "Store"]
+__all__ = ["ABSENT", "MISSING", "Record", "Store"]
 
 _VERSION_LEN = VERSION_SIZE
 _LIVE = b"v"
@@ -38,6 +38,8 @@ class Record(NamedTuple):
 
 #: The record of a key that is not there at all.
 MISSING = Record(NO_VERSION, None)
+#: What L{Store.lookup} returns for a key with no record.
+ABSENT = object()
 
 
 def _unpack(packed: bytes) -> Record:
@@ -76,6 +78,18 @@ class Store:
         if packed is None:
             return MISSING
         return _unpack(packed)
+
+    def lookup(self, key: bytes) -> object:
+        """
+        The value held for C{key}, C{None} for a tombstone, or L{ABSENT}
+        if no record is held. (For the read path of every C{GET}.)
+        """
+        packed = self._data.get(key)
+        if packed is None:
+            return ABSENT
+        if packed[_VERSION_LEN] != _LIVE_BYTE:
+            return None
+        return packed[_VERSION_LEN + 1 :]
 
     def value(self, key: bytes) -> Optional[bytes]:
         """

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import IReplica
-from .store import MISSING, Store
+from .store import ABSENT, MISSING, Store
 from .version import NO_VERSION, HybridClock
 
 __all__ = [
@@ -516,20 +516,28 @@ class Coordinator:
                 latest.pop(key, None)  # a key written twice keeps its last value
                 latest[key] = value
             items = list(latest.items())
-        plan = self._plan(items)
         inflight = self._inflight
+        local = self._local
+        if local is not None and not self._queued:
+            me = self._node_id
+            for key, _ in items:
+                if key in inflight:
+                    break
+                nodes = self._replicas_for(key)
+                if len(nodes) != 1 or nodes[0] != me:
+                    break
+            else:
+                # this node is the only replica: the two phases are one local step
+                existed = local.write_alone(items)
+                if existed is not None:
+                    self.stats["commits"] += 1
+                    return existed
+        plan = self._plan(items)
         busy = False
         for key, _ in items:
             if key in inflight:
                 busy = True
                 break
-        if (not busy and not self._queued and self._local is not None and len(plan) == 1
-                and self._node_id in plan):
-            # this node is the only replica: the two phases are one local step
-            existed = self._local.write_alone(items)
-            if existed is not None:
-                self.stats["commits"] += 1
-                return existed
         txn = _Write(self, items, plan, done)
         if busy or self._queued:
             # a write of this node's holds one of the keys: wait for it here
@@ -669,15 +677,15 @@ class Coordinator:
         if quorum == 1 and local is not None:
             # this node is a replica of every key and holds them all: no network
             me = self._node_id
-            get = local.store.get
+            lookup = local.store.lookup
             values = []
             for key in keys:
                 if me not in self._replicas_for(key):
                     break
-                record = get(key)
-                if record.version == NO_VERSION:
+                value = lookup(key)
+                if value is ABSENT:
                     break
-                values.append(record.value)
+                values.append(value)
             else:
                 return values
         return _Read(self, list(keys), quorum, done).begin()
