@@ -44,10 +44,7 @@ from .ring import Ring, node_tokens
 from .server import NodeFactory, NodeProtocol
 from .store import Record, Store
 from .twopc import (
-    ABORTED,
     COMMITTED,
-    PREPARED,
-    UNKNOWN,
     Coordinator,
     LocalReplica,
     Participant,
@@ -62,16 +59,16 @@ from .wire import (
     member_to_pb,
     record_from_pb,
     record_to_pb,
+    state_from_pb,
+    state_to_pb,
     vote_to_pb,
+    writes_from_pb,
 )
 
 __all__ = ["DHTNode"]
 
 log = Logger()
 
-_STATE_TO_PB = {UNKNOWN: TxnStatus.UNKNOWN, PREPARED: TxnStatus.PREPARED,
-                COMMITTED: TxnStatus.COMMITTED, ABORTED: TxnStatus.ABORTED}
-_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
 
 #: Records per push message, and per slice of a stabilization pass.
 PUSH_BATCH = 500
@@ -417,7 +414,7 @@ class DHTNode(MultiService):
                 return reply
             waiting: Deferred[Vote] = Deferred()
             vote = self.participant.prepare(
-                p.txid, _writes(p.writes), list(p.participants), self._prepare_deadline(),
+                p.txid, writes_from_pb(p.writes), list(p.participants), self._prepare_deadline(),
                 p.coordinator, p.priority, waiting.callback,
             )
             if vote is None:  # it waits for a lock: answer when it has one
@@ -430,7 +427,7 @@ class DHTNode(MultiService):
                 reply.error.reason = "commit without a valid version"
                 return reply
             done = self.participant.commit(c.txid, c.version,
-                                           _writes(c.writes) if c.writes else None)
+                                           writes_from_pb(c.writes) if c.writes else None)
             reply.txn_status.txid = c.txid
             reply.txn_status.state = TxnStatus.COMMITTED if done else TxnStatus.UNKNOWN
         elif kind == "abort":
@@ -443,7 +440,7 @@ class DHTNode(MultiService):
             else:
                 state, version = self.participant.status(txid)
             reply.txn_status.txid = txid
-            reply.txn_status.state = _STATE_TO_PB[state]
+            reply.txn_status.state = state_to_pb(state)
             reply.txn_status.version = version
         elif kind == "push":
             stored = reply.push_ack.stored
@@ -546,7 +543,7 @@ class DHTNode(MultiService):
 
         def status(reply: Envelope) -> tuple[str, bytes]:
             s = reply.txn_status
-            return (_STATE_FROM_PB.get(s.state, UNKNOWN), s.version)
+            return (state_from_pb(s.state), s.version)
 
         return (
             self._link(node_id)
@@ -774,10 +771,6 @@ class DHTNode(MultiService):
             lines.append(f"{m.node_id} {m.address} ring_ids={tokens} status={m.status} "
                          f"heartbeat_age={age:.1f}")
         return lines
-
-
-def _writes(pb_writes: Any) -> list[tuple[bytes, Optional[bytes]]]:
-    return [(w.key, None if w.delete else w.value) for w in pb_writes]
 
 
 def _record_cost(key: bytes, record: Record) -> int:

@@ -15,22 +15,9 @@ from .interfaces import IReplica
 from .peer import Answer, PeerError, PeerProtocol
 from .store import Record
 from .twopc import Write
-from .wire import Envelope, TxnStatus, record_from_pb, vote_from_pb
+from .wire import Envelope, TxnStatus, record_from_pb, vote_from_pb, writes_to_pb
 
-__all__ = ["RemoteReplica", "fill_writes"]
-
-def fill_writes(writes: list[Write], out: object) -> None:
-    """
-    Add C{writes} to a repeated C{Write} field.
-    """
-    for key, value in writes:
-        w = out.add()  # type: ignore[attr-defined]
-        w.key = key
-        if value is None:
-            w.delete = True
-        else:
-            w.value = value
-
+__all__ = ["RemoteReplica"]
 
 @implementer(IReplica)
 class RemoteReplica:
@@ -83,7 +70,7 @@ class RemoteReplica:
         prepare.coordinator = self._node_id
         prepare.priority = priority
         prepare.participants.extend(participants)
-        fill_writes(writes, prepare.writes)
+        writes_to_pb(writes, prepare.writes)
         self._send(env, "vote", _vote, answer)
 
     def commit(self, txid: str, version: bytes, writes: Optional[list[Write]],
@@ -95,7 +82,7 @@ class RemoteReplica:
         env.commit.txid = txid
         env.commit.version = version
         if writes is not None:
-            fill_writes(writes, env.commit.writes)
+            writes_to_pb(writes, env.commit.writes)
         self._send(env, "txn_status", _committed, answer)
 
     def abort(self, txid: str, answer: Answer) -> None:

@@ -7,12 +7,12 @@ types. The only importer of the generated module.
 from __future__ import annotations
 
 import struct
-from typing import Optional
+from typing import Any, Optional
 
 from ._proto import dht_pb2
 from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member
 from .store import Record
-from .twopc import Vote
+from .twopc import ABORTED, COMMITTED, PREPARED, UNKNOWN, Vote, Write
 
 __all__ = [
     "Envelope",
@@ -23,6 +23,12 @@ __all__ = [
     "member_to_pb",
     "record_from_pb",
     "record_to_pb",
+    "state_from_pb",
+    "state_to_pb",
+    "vote_from_pb",
+    "vote_to_pb",
+    "writes_from_pb",
+    "writes_to_pb",
 ]
 
 #: The version of the peer protocol; a peer with another one is refused.
@@ -109,3 +115,45 @@ def vote_from_pb(pb: dht_pb2.Vote) -> Vote:
     A protobuf vote as a L{Vote}.
     """
     return Vote(pb.yes, pb.reason, pb.conflict, pb.max_version, tuple(pb.existed))
+
+
+def writes_to_pb(writes: list[Write], out: Any) -> None:
+    """
+    Add C{writes} (C{(key, value or None)} pairs) to a repeated C{Write}
+    field.
+    """
+    for key, value in writes:
+        w = out.add()
+        w.key = key
+        if value is None:
+            w.delete = True
+        else:
+            w.value = value
+
+
+def writes_from_pb(pb_writes: Any) -> list[Write]:
+    """
+    A repeated C{Write} field as C{(key, value or None)} pairs.
+    """
+    return [(w.key, None if w.delete else w.value) for w in pb_writes]
+
+
+_STATE_TO_PB = {UNKNOWN: TxnStatus.UNKNOWN, PREPARED: TxnStatus.PREPARED,
+                COMMITTED: TxnStatus.COMMITTED, ABORTED: TxnStatus.ABORTED}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+
+def state_to_pb(state: str) -> int:
+    """
+    A transaction state (L{dhtwisted.twopc.COMMITTED}, ...) as a
+    C{TxnStatus.State}.
+    """
+    return _STATE_TO_PB[state]
+
+
+def state_from_pb(state: int) -> str:
+    """
+    A C{TxnStatus.State} as a transaction state; unknown values are
+    L{dhtwisted.twopc.UNKNOWN}.
+    """
+    return _STATE_FROM_PB.get(state, UNKNOWN)
