@@ -168,7 +168,8 @@ class Commands:
 
         :param args: the command name and its arguments.
         :param respond: called with the reply later, if it is not ready at once.
-        :return: the reply, or L{PENDING} if C{respond} will get it.
+        :return: the reply, or L{PENDING} if C{respond} will get it. Never
+            raises: a failure is an error reply (and logged).
         """
         name = args[0].upper()
         command = _TABLE.get(name)
@@ -188,7 +189,13 @@ class Commands:
             )
         calls = self.calls
         calls[name] = calls.get(name, 0) + 1
-        return command.run(self, args, respond)
+        try:
+            return command.run(self, args, respond)
+        except Exception:
+            # a bug, not the client's doing: say so, keep serving
+            self.errors += 1
+            log.failure("command {name} failed", name=name.decode("ascii", "replace"))
+            return ErrorReply("internal error, see the node's log")
 
     def _check_key(self, key: bytes) -> Optional[ErrorReply]:
         if len(key) > self._max_key:

@@ -15,7 +15,8 @@ class IReplica(Interface):
     Every method takes an C{answer} callable and calls it exactly once: with
     the result, or with an C{Exception} if the call failed or timed out.
     It may be called before the method returns (this node answers at once)
-    and must be called within the RPC timeout (a peer link enforces it).
+    and must be called within the RPC timeout (a peer link enforces it; a
+    peer that must be dialled first may take the dial's timeout more).
     Callbacks rather than Deferreds: these calls are the hot path of every
     read and write.
     """

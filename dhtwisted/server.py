@@ -354,11 +354,7 @@ class NodeProtocol(Protocol):
                 return
             # _run, for RESP: the path of every command a Redis client sends
             slot, respond = self._spare
-            try:
-                reply = execute(args, respond)
-            except Exception:
-                log.failure("command failed")
-                reply = ErrorReply("internal error, see the node's log")
+            reply = execute(args, respond)
             if reply is PENDING:
                 self._pending(slot)
                 continue
@@ -402,11 +398,7 @@ class NodeProtocol(Protocol):
         def respond(reply: Reply) -> None:
             self._fill(_text_shape(reply, kind, count), slot)
 
-        try:
-            reply = self.factory.commands.execute(args, respond)
-        except Exception:
-            log.failure("command failed")
-            reply = ErrorReply("internal error, see the node's log")
+        reply = self.factory.commands.execute(args, respond)
         if reply is PENDING:
             self._pending(slot)
             return

@@ -512,3 +512,40 @@ class OrderingTests(SynchronousTestCase):
         self.slow.reads[0][1]([b"late"])
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.factory.connections, 0)
+
+
+class BrokenNode(SlowNode):
+    """
+    A node whose reads fail with a bug.
+    """
+
+    def read(self, keys: list[bytes], done: Callable) -> object:
+        """
+        A read that raises.
+        """
+        raise ZeroDivisionError("a bug")
+
+
+class CommandBugTests(SynchronousTestCase):
+    """
+    A command that fails with a bug answers an error and the client is
+    still served.
+    """
+
+    def test_bug_is_an_error_reply(self) -> None:
+        """
+        The client gets ERR (internal error), the failure is logged, the
+        next command is answered.
+        """
+        commands = Commands(BrokenNode(), max_key=100, max_value=100)  # type: ignore[arg-type]
+        factory = NodeFactory(commands, max_line=1000, max_clients=2, max_pipeline=4)
+        from twisted.internet.testing import StringTransport
+
+        transport = StringTransport()
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(transport)
+        proto.dataReceived(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n")
+        self.assertEqual(transport.value(),
+                         b"-ERR internal error, see the node's log\r\n+PONG\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(commands.errors, 1)
