@@ -21,7 +21,6 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 from twisted.internet.defer import TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import IReplica
@@ -983,9 +982,7 @@ class _ReadGroup:
             self.read.group_done(self.indexes, self.newest)
 
 
-def _describe(error: Any) -> str:
-    if isinstance(error, Failure):
-        error = error.value
+def _describe(error: Exception) -> str:
     if isinstance(error, TimeoutError):
         return "timed out"
     return str(error) or type(error).__name__
