@@ -115,9 +115,7 @@ class DHTNode(MultiService):
         )
         self._ring: Optional[Ring] = None
         self._ring_version = -1
-        self._local = LocalReplica(
-            self.node_id, self.participant, self.store, self._prepare_deadline
-        )
+        self._local = LocalReplica(self.node_id, self.participant, self._prepare_deadline)
         self._remote: dict[str, RemoteReplica] = {}
         self.coordinator = Coordinator(
             self.node_id, self.clock, reactor, self.replicas_for, self.replica,

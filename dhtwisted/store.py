@@ -93,13 +93,11 @@ class Store:
 
     def value(self, key: bytes) -> Optional[bytes]:
         """
-        The value held for C{key}; C{None} if none or a tombstone. (L{get}
-        without building a record: the read path of every C{GET}.)
+        The value held for C{key}; C{None} if none or a tombstone (L{lookup}
+        without telling the two apart).
         """
-        packed = self._data.get(key)
-        if packed is None or packed[_VERSION_LEN] != _LIVE_BYTE:
-            return None
-        return packed[_VERSION_LEN + 1 :]
+        value = self.lookup(key)
+        return None if value is ABSENT else value  # type: ignore[return-value]
 
     def version_of(self, key: bytes) -> bytes:
         """

@@ -337,11 +337,11 @@ class LocalReplica:
     :param deadline: when a transaction prepared now must be resolved by.
     """
 
-    def __init__(self, node_id: str, participant: Participant, store: Store,
+    def __init__(self, node_id: str, participant: Participant,
                  deadline: Callable[[], float]) -> None:
         self._node_id = node_id
         self._participant = participant
-        self._store = store
+        self._store = participant.store
         self._deadline = deadline
 
     def prepare(self, txid: str, writes: list[Write], participants: list[str],

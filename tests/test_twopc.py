@@ -190,7 +190,7 @@ class ScriptedReplica:
         self.events = events
         self.clock = clock
         self.participant, self.store = _participant(clock, name)
-        self.local = LocalReplica(name, self.participant, self.store, lambda: clock.seconds() + 10)
+        self.local = LocalReplica(name, self.participant, lambda: clock.seconds() + 10)
         self.vote_no: Optional[Vote] = None
         self.broken = False
         self.hung = False
