@@ -24,6 +24,8 @@ setup(
         # refuses older runtimes
         "protobuf>=7.35.1",
         "service-identity>=24.1.0",
+        # a RESP parser in C: the client commands of a read are parsed in one call
+        "hiredis>=3.0",
     ],
     extras_require={
         "test": [

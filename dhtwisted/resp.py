@@ -8,7 +8,10 @@ commands at its start, so a client's whole read is parsed in one call.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Callable, Optional, Sequence
+
+from hiredis import HiredisError, Reader
 
 __all__ = [
     "RespError",
@@ -28,6 +31,8 @@ _MAX_ARGS = 1024 * 1024
 #: \r but not yet its \n).
 _HEADER_MAX = 32
 _HEADER_WINDOW = _HEADER_MAX + 2
+#: What starts a RESP3 aggregate or verbatim string after a CRLF.
+_RESP3_MARKS = (b"\r\n=", b"\r\n>", b"\r\n~", b"\r\n|", b"\r\n%")
 
 
 class RespError(ValueError):
@@ -76,34 +81,41 @@ def encode_array(values: Sequence[Optional[bytes]]) -> bytes:
 
 def _parse_whole(buf: bytes, max_bulk: int) -> Optional[list[list[bytes]]]:
     """
-    The common case, fast: C{buf} is whole commands (arrays of bulk
-    strings, headers written as Redis clients write them) and no argument
-    holds a CRLF. Then splitting at CRLFs gives the headers and the
-    arguments. C{None} for anything else: L{parse_commands} then parses
-    byte by byte (and finds any error).
+    The common case, fast: C{buf} is whole commands, arrays of bulk strings
+    none of which holds a CRLF. hiredis parses them in C; then checks that
+    cost little per command show that the bytes were nothing else. C{None}
+    for anything else: L{parse_commands} then parses byte by byte (and
+    finds any error).
     """
     if buf[:1] != b"*" or buf[-2:] != b"\r\n":
         return None
-    parts = buf.split(b"\r\n")
-    size = len(parts) - 1  # the empty string after the last CRLF
+    reader = Reader()
+    reader.feed(buf)
+    reader.feed(b"*0\r\n")  # read as the last reply only if buf ended at a command's end
     commands = []
-    i = 0
+    gets = reader.gets
     try:
-        while i < size:
-            head = parts[i]
-            count = int(head[1:])
-            end = i + 1 + 2 * count
-            if (head[:1] != b"*" or count <= 0 or count > _MAX_ARGS or end > size
-                    or head != b"*%d" % count):
-                return None
-            args = parts[i + 2 : end : 2]
-            if parts[i + 1 : end : 2] != [b"$%d" % len(a) for a in args]:
-                return None  # an argument with a CRLF in it, or an odd header
-            if max(map(len, args)) > max_bulk:
-                return None
-            commands.append(args)
-            i = end
-    except ValueError:
+        item = gets()
+        while item is not False:
+            commands.append(item)
+            item = gets()
+        # every command a list of bytes (other replies, nils, numbers and
+        # nested arrays do not join), and no argument holds a CRLF
+        flat = b"".join(map(b"".join, commands))
+    except (HiredisError, TypeError):
+        return None
+    if (
+        not commands
+        or commands.pop() != []
+        or [] in commands
+        or b"\r\n" in flat
+        # RESP3 types that hiredis reads as arrays or bulk strings: a
+        # value starting with one of these bytes just takes the slow path
+        or any(mark in buf for mark in _RESP3_MARKS)
+        # every argument took two lines (so none was a simple string)
+        or buf.count(b"\r\n") != len(commands) + 2 * sum(map(len, commands))
+        or (len(flat) > max_bulk and max(map(len, chain.from_iterable(commands))) > max_bulk)
+    ):
         return None
     return commands
 

@@ -341,6 +341,37 @@ class ParseErrorTests(SynchronousTestCase):
             b"*1\r\n\x00", "Protocol error: expected '$', got '\\x00'"
         )
 
+    def test_other_types_in_whole_buffers(self) -> None:
+        """
+        Whole buffers whose arrays hold RESP types other than bulk strings
+        (simple strings, RESP3 verbatim strings, nested arrays, integers),
+        including one whose line count looks right, are refused like
+        Redis refuses them: the C parser alone would read them as
+        arguments.
+        """
+        for data, got in [
+            (b"*1\r\n+PING\r\n", "+"),
+            (b"*1\r\n=8\r\ntxt:PING\r\n", "="),
+            (b"*2\r\n*1\r\n$1\r\na\r\n:5\r\n", "*"),
+            # a simple string (one line) beside a value with a CRLF (three)
+            (b"*3\r\n$3\r\nSET\r\n$4\r\nk\r\nk\r\n+v\r\n", "+"),
+            # ... or beside a value that starts like a bulk header
+            (b"*3\r\n$3\r\nSET\r\n$2\r\n$k\r\n+v\r\n", "+"),
+            # ... or before the start of a command not yet complete
+            (b"*1\r\n+PING\r\n*5\r\n", "+"),
+        ]:
+            self.assertParseError(data, f"Protocol error: expected '$', got '{got}'")
+
+    def test_push_is_not_a_command(self) -> None:
+        """
+        A RESP3 push or set in place of a command's array is read as
+        inline commands, not as the array it would be in a reply.
+        """
+        commands, error, _ = whole(resp(b"PING") + b">1\r\n$4\r\nPING\r\n")
+        self.assertEqual((commands, error), ([[b"PING"], [b">1"], [b"$4"], [b"PING"]], None))
+        commands, error, _ = whole(b"~1\r\n$4\r\nPING\r\n")
+        self.assertEqual((commands, error), ([[b"~1"], [b"$4"], [b"PING"]], None))
+
     def test_bad_bulk_length(self) -> None:
         """
         A bulk length that is not a number, negative, or over max_bulk is
