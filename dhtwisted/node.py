@@ -312,17 +312,47 @@ class DHTNode(MultiService):
         off from the rest, which goes on writing, and its writes would be
         lost or win over newer ones when the partition heals.
         """
+        refusal = self._refusal()
+        if refusal is not None:
+            raise TransactionFailed(refusal)
+        return self.coordinator.write(writes, done)
+
+    def _refusal(self) -> Optional[str]:
+        """
+        Why this node refuses writes now (see L{write}); C{None} if it takes them.
+        """
         live = len(self.ring)
         membership = self.membership
         if live < self.config.replicas:
             needed = min(self.config.replicas, membership.peak)
             if live < needed:
-                raise TransactionFailed(
-                    f"only {live} live members in view, a write needs {needed}; "
-                    "nothing applied")
+                return (f"only {live} live members in view, a write needs {needed}; "
+                        "nothing applied")
         if membership.peak == 1 and self.config.seeds:
-            raise TransactionFailed("not part of a cluster yet: no seed answered; nothing applied")
-        return self.coordinator.write(writes, done)
+            return "not part of a cluster yet: no seed answered; nothing applied"
+        return None
+
+    def alone(self) -> bool:
+        """
+        See L{dhtwisted.commands.NodeAPI.alone}.
+        """
+        return len(self.ring) == 1 and self._refusal() is None
+
+    def write_each(self, writes: Sequence[tuple[bytes, Optional[bytes]]]) -> int:
+        """
+        See L{dhtwisted.commands.NodeAPI.write_each}.
+        """
+        if self._refusal() is not None:
+            return 0
+        return self.coordinator.write_each(writes)
+
+    def read_each(self, keys: Sequence[bytes]) -> list[Optional[bytes]]:
+        """
+        See L{dhtwisted.commands.NodeAPI.read_each}.
+        """
+        if self.config.read_quorum != 1:
+            return []
+        return self.coordinator.read_here(keys)
 
     def hold(self) -> None:
         """

@@ -349,9 +349,26 @@ class NodeProtocol(Protocol):
         self._buf = self._buf[used:]
         self._need = need
         execute = factory.commands.execute
-        for args in commands:
+        bulk: Optional[Callable[[list[list[bytes]], int], Optional[list[Reply]]]]
+        bulk = factory.commands.execute_bulk
+        i = 0
+        while i < len(commands):
             if self._done:
                 return
+            if bulk is not None:
+                replies = bulk(commands, i)
+                if replies is None:
+                    bulk = None
+                elif replies:
+                    i += len(replies)
+                    encode = self._encode
+                    if self._replies:
+                        self._replies.extend([[encode(reply)] for reply in replies])
+                    else:
+                        self._out.extend(map(encode, replies))
+                    continue
+            args = commands[i]
+            i += 1
             # _run, for RESP: the path of every command a Redis client sends
             slot, respond = self._spare
             reply = execute(args, respond)

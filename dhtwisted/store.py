@@ -113,21 +113,33 @@ class Store:
 
         :return: whether the store changed.
         """
+        return self.put(key, version, value) is not None
+
+    def put(self, key: bytes, version: bytes, value: Optional[bytes]) -> Optional[bool]:
+        """
+        L{apply}, telling what it replaced.
+
+        :return: whether the key had a value (not a tombstone) before;
+            C{None} if a record at the same or a newer version is held, and
+            nothing changed.
+        """
         if len(version) != _VERSION_LEN:
             raise ValueError(f"a version is {_VERSION_LEN} bytes, got {len(version)}")
         data = self._data
         old = data.get(key)
+        existed = False
         if old is not None:
             if old[:_VERSION_LEN] >= version:
-                return False
+                return None
             if old[_VERSION_LEN] == _LIVE_BYTE:
                 self._live -= 1
+                existed = True
         if value is None:
             data[key] = version + _TOMBSTONE
         else:
             data[key] = version + _LIVE + value
             self._live += 1
-        return True
+        return existed
 
     def items(self) -> Iterator[tuple[bytes, Record]]:
         """

@@ -16,7 +16,7 @@ import itertools
 import random
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Container, NamedTuple, Optional, Sequence
 
 from twisted.internet.defer import TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -147,16 +147,37 @@ class Participant:
             for key, _ in writes:
                 if key in locks:
                     return None
-        store = self._store
+        put = self._store.put
         version = self._clock.next()
         existed = []
         for key, value in writes:
-            existed.append(store.value(key) is not None)
-            if not store.apply(key, version, value):
+            held = put(key, version, value)
+            if held is None:
                 # held at a version from a clock ahead (observed, so rare): go past it
-                version = self._clock.next_after(store.version_of(key))
-                store.apply(key, version, value)
+                version = self._clock.next_after(self._store.version_of(key))
+                held = put(key, version, value)
+            existed.append(held)
         return existed
+
+    def write_each(self, writes: Sequence[Write], busy: Container[bytes]) -> int:
+        """
+        Commit the first of C{writes} here at once, each alone in one step
+        as L{write_alone} does, in order; stop at the first whose key is
+        locked or in C{busy}.
+
+        :return: how many were committed.
+        """
+        locks = self._locks
+        put = self._store.put
+        next_version = self._clock.next
+        count = 0
+        for key, value in writes:
+            if key in locks or key in busy:
+                break
+            if put(key, next_version(), value) is None:
+                put(key, self._clock.next_after(self._store.version_of(key)), value)
+            count += 1
+        return count
 
     @property
     def locked_keys(self) -> int:
@@ -551,6 +572,31 @@ class Coordinator:
             return self._gather(txn)
         return txn.begin()
 
+    def write_each(self, writes: Sequence[Write]) -> int:
+        """
+        Commit the first of C{writes} at once, each as its own transaction,
+        in order, while this node is the only replica of their keys and no
+        write of this node holds them (a one-node cluster's pipelined
+        C{SET}s): a write from which that is not so must go through
+        L{write}.
+
+        :return: how many were committed.
+        """
+        local = self._local
+        if local is None or self._queued:
+            return 0
+        me = self._node_id
+        replicas_for = self._replicas_for
+        alone = 0
+        for key, _ in writes:
+            nodes = replicas_for(key)
+            if len(nodes) != 1 or nodes[0] != me:
+                break
+            alone += 1
+        count = local.write_each(writes[:alone], self._inflight) if alone else 0
+        self.stats["commits"] += count
+        return count
+
     def hold(self) -> None:
         """
         Gather the writes that start from now until L{release} (a client's
@@ -672,22 +718,34 @@ class Coordinator:
         :return: the values, or L{PENDING}.
         :raise TransactionFailed: if no replica answered.
         """
-        local = self._local
-        if quorum == 1 and local is not None:
-            # this node is a replica of every key and holds them all: no network
-            me = self._node_id
-            lookup = local.store.lookup
-            values = []
-            for key in keys:
-                if me not in self._replicas_for(key):
-                    break
-                value = lookup(key)
-                if value is ABSENT:
-                    break
-                values.append(value)
-            else:
+        if quorum == 1:
+            values = self.read_here(keys)
+            if len(values) == len(keys):
+                # this node is a replica of every key and holds them all: no network
                 return values
         return _Read(self, list(keys), quorum, done).begin()
+
+    def read_here(self, keys: Sequence[bytes]) -> list[Optional[bytes]]:
+        """
+        The values of the first of C{keys}, read from this node alone, while
+        it is a replica of them and holds them: a read of one of them at
+        quorum 1 (a one-node cluster's pipelined C{GET}s). A key from which
+        that is not so must go through L{read}.
+        """
+        local = self._local
+        values: list[Optional[bytes]] = []
+        if local is None:
+            return values
+        me = self._node_id
+        lookup = local.store.lookup
+        for key in keys:
+            if me not in self._replicas_for(key):
+                break
+            value = lookup(key)
+            if value is ABSENT:
+                break
+            values.append(value)  # type: ignore[arg-type]
+        return values
 
 
 class _Operation:

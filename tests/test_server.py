@@ -329,6 +329,45 @@ class RespProtocolTests(SynchronousTestCase):
                          b"-ERR value is larger than max_value (300 bytes)\r\n")
         self.assertFalse(self.client.closed)
 
+    def test_pipelined_runs(self) -> None:
+        """
+        A read's runs of SETs and GETs (which a one-node cluster does in
+        bulk) answer as one by one would: an oversize value fails only its
+        own SET, a later SET of a key wins, every call is counted.
+        """
+        c = self.command
+        before = self.node.commands.calls.copy()
+        replies = self.client.send(
+            c(b"SET", b"a", b"1") + c(b"set", b"b", b"2") + c(b"SET", b"a", b"3")
+            + c(b"SET", b"c", b"v" * 301) + c(b"SET", b"c", b"4")
+            + c(b"GET", b"a") + c(b"get", b"b") + c(b"GET", b"none") + c(b"GET", b"c")
+            + c(b"PING"))
+        self.assertEqual(replies, b"+OK\r\n" * 3
+                         + b"-ERR value is larger than max_value (300 bytes)\r\n"
+                         + b"+OK\r\n$1\r\n3\r\n$1\r\n2\r\n$-1\r\n$1\r\n4\r\n+PONG\r\n")
+        calls = self.node.commands.calls
+        self.assertEqual((calls[b"SET"] - before[b"SET"], calls[b"GET"] - before[b"GET"]),
+                         (5, 4))
+
+    def test_pipelined_set_of_locked_key_keeps_order(self) -> None:
+        """
+        In a run of SETs, one whose key a transaction of another node holds
+        waits for it, and a later SET of that key waits behind it rather
+        than overtake it; the SETs before it are done at once.
+        """
+        c = self.command
+        participant = self.node.participant
+        participant.prepare("other:1", [(b"k", b"theirs")], ["other", self.node.node_id],
+                            deadline=100.0, coordinator="other")
+        replies = self.client.send(
+            c(b"SET", b"a", b"1") + c(b"SET", b"k", b"2") + c(b"SET", b"k", b"3"))
+        self.assertEqual(replies, b"+OK\r\n")
+        self.assertEqual(self.node.store.get(b"a").value, b"1")
+        participant.abort("other:1")
+        self.node.reactor.advance(1)
+        self.assertEqual(self.client.take(), b"+OK\r\n+OK\r\n")
+        self.assertEqual(self.node.store.get(b"k").value, b"3")
+
     def test_hello_3(self) -> None:
         """
         HELLO 3 answers a map and switches nulls to RESP3's.

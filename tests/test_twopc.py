@@ -518,6 +518,44 @@ class AloneTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), [False])
         self.assertEqual(self.replica.store.get(b"k").value, b"v")
 
+    def test_write_each_and_read_here(self) -> None:
+        """
+        C{write_each} commits writes in order, each at its own version, up
+        to the first whose key is locked; C{read_here} reads up to the
+        first key not held. Neither records anything.
+        """
+        store = self.replica.store
+        participant = self.replica.participant
+        participant.prepare("young", [(b"k", b"x")], ["a"], 2000, "b", priority=b"\xff" * 12)
+        writes = [(b"a", b"1"), (b"b", b"2"), (b"a", b"3"), (b"k", b"4"), (b"c", b"5")]
+        self.assertEqual(self.coordinator.write_each(writes), 3)
+        self.assertEqual([store.get(key).value for key in [b"a", b"b", b"k", b"c"]],
+                         [b"3", b"2", None, None])
+        self.assertLess(store.version_of(b"b"), store.version_of(b"a"))
+        self.assertEqual(self.coordinator.read_here([b"a", b"b", b"none", b"a"]), [b"3", b"2"])
+        self.assertEqual(self.coordinator.stats["commits"], 3)
+        self.assertEqual((self.events, participant.in_doubt), ([], 1))
+
+    def test_each_only_where_alone(self) -> None:
+        """
+        Keys other nodes replicate too are neither written by
+        C{write_each} nor read by C{read_here}.
+        """
+        coordinator = Coordinator(
+            "a", HybridClock(self.clock.seconds, node_tag("a")), self.clock,
+            lambda key: ["a"] if key == b"mine" else ["b", "a"], lambda node: self.replica,
+            local=self.replica.participant,
+        )
+        self.replica.store.apply(b"shared", b"\x00" * 11 + b"\x01", b"old")
+        self.assertEqual(coordinator.write_each([(b"mine", b"1"), (b"shared", b"2")]), 1)
+        self.assertEqual(self.replica.store.get(b"shared").value, b"old")
+        self.assertEqual(coordinator.read_here([b"shared"]), [b"old"])  # a replica: read here
+        coordinator = Coordinator(
+            "a", HybridClock(self.clock.seconds, node_tag("a")), self.clock,
+            lambda key: ["b"], lambda node: self.replica, local=self.replica.participant,
+        )
+        self.assertEqual(coordinator.read_here([b"shared"]), [])
+
 
     def test_local_write_waits_behind_queued_write(self) -> None:
         """
