@@ -115,6 +115,8 @@ class DHTNode(MultiService):
         )
         self._ring: Optional[Ring] = None
         self._ring_version = -1
+        self._alone_at = (-1, 0)  # membership (version, peak) when _alone was found
+        self._alone = False
         self._local = LocalReplica(self.node_id, self.participant, self._prepare_deadline)
         self._remote: dict[str, RemoteReplica] = {}
         self.coordinator = Coordinator(
@@ -334,15 +336,20 @@ class DHTNode(MultiService):
 
     def alone(self) -> bool:
         """
-        See L{dhtwisted.commands.NodeAPI.alone}.
+        See L{dhtwisted.commands.NodeAPI.alone}. (Asked for every read of
+        every client: kept until the membership changes.)
         """
-        return len(self.ring) == 1 and self._refusal() is None
+        membership = self.membership
+        if self._alone_at != (membership.version, membership.peak):
+            self._alone_at = (membership.version, membership.peak)
+            self._alone = len(self.ring) == 1 and self._refusal() is None
+        return self._alone
 
     def write_each(self, writes: Sequence[tuple[bytes, Optional[bytes]]]) -> int:
         """
         See L{dhtwisted.commands.NodeAPI.write_each}.
         """
-        if self._refusal() is not None:
+        if not self.alone():
             return 0
         return self.coordinator.write_each(writes)
 

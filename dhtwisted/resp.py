@@ -8,6 +8,7 @@ commands at its start, so a client's whole read is parsed in one call.
 
 from __future__ import annotations
 
+import re
 from itertools import chain
 from typing import Callable, Optional, Sequence
 
@@ -32,7 +33,7 @@ _MAX_ARGS = 1024 * 1024
 _HEADER_MAX = 32
 _HEADER_WINDOW = _HEADER_MAX + 2
 #: What starts a RESP3 aggregate or verbatim string after a CRLF.
-_RESP3_MARKS = (b"\r\n=", b"\r\n>", b"\r\n~", b"\r\n|", b"\r\n%")
+_RESP3_MARK = re.compile(rb"\r\n[=>~|%]")
 
 
 class RespError(ValueError):
@@ -82,13 +83,52 @@ def encode_array(values: Sequence[Optional[bytes]]) -> bytes:
 def _parse_whole(buf: bytes, max_bulk: int) -> Optional[list[list[bytes]]]:
     """
     The common case, fast: C{buf} is whole commands, arrays of bulk strings
-    none of which holds a CRLF. hiredis parses them in C; then checks that
-    cost little per command show that the bytes were nothing else. C{None}
-    for anything else: L{parse_commands} then parses byte by byte (and
-    finds any error).
+    none of which holds a CRLF. C{None} for anything else: L{parse_commands}
+    then parses byte by byte (and finds any error).
     """
     if buf[:1] != b"*" or buf[-2:] != b"\r\n":
         return None
+    if b"\r\n*" in buf:  # more than one command, mostly
+        return _parse_many(buf, max_bulk)
+    return _parse_split(buf, max_bulk)
+
+
+def _parse_split(buf: bytes, max_bulk: int) -> Optional[list[list[bytes]]]:
+    """
+    L{_parse_whole} in Python, faster for one command: splitting at CRLFs
+    gives the headers and the arguments, if the headers are written as
+    Redis clients write them and no argument holds a CRLF.
+    """
+    parts = buf.split(b"\r\n")
+    size = len(parts) - 1  # the empty string after the last CRLF
+    commands = []
+    i = 0
+    try:
+        while i < size:
+            head = parts[i]
+            count = int(head[1:])
+            end = i + 1 + 2 * count
+            if (head[:1] != b"*" or count <= 0 or count > _MAX_ARGS or end > size
+                    or head != b"*%d" % count):
+                return None
+            args = parts[i + 2 : end : 2]
+            if parts[i + 1 : end : 2] != [b"$%d" % len(a) for a in args]:
+                return None  # an argument with a CRLF in it, or an odd header
+            if max(map(len, args)) > max_bulk:
+                return None
+            commands.append(args)
+            i = end
+    except ValueError:
+        return None
+    return commands
+
+
+def _parse_many(buf: bytes, max_bulk: int) -> Optional[list[list[bytes]]]:
+    """
+    L{_parse_whole} for several commands: hiredis parses them in C, then
+    checks that cost little per command show that the bytes were nothing
+    else.
+    """
     reader = Reader()
     reader.feed(buf)
     reader.feed(b"*0\r\n")  # read as the last reply only if buf ended at a command's end
@@ -111,7 +151,7 @@ def _parse_whole(buf: bytes, max_bulk: int) -> Optional[list[list[bytes]]]:
         or b"\r\n" in flat
         # RESP3 types that hiredis reads as arrays or bulk strings: a
         # value starting with one of these bytes just takes the slow path
-        or any(mark in buf for mark in _RESP3_MARKS)
+        or _RESP3_MARK.search(buf) is not None
         # every argument took two lines (so none was a simple string)
         or buf.count(b"\r\n") != len(commands) + 2 * sum(map(len, commands))
         or (len(flat) > max_bulk and max(map(len, chain.from_iterable(commands))) > max_bulk)

@@ -355,7 +355,7 @@ class NodeProtocol(Protocol):
         while i < len(commands):
             if self._done:
                 return
-            if bulk is not None:
+            if bulk is not None and i + 1 < len(commands):  # (one alone: no gain)
                 replies = bulk(commands, i)
                 if replies is None:
                     bulk = None

@@ -360,7 +360,11 @@ class ParseErrorTests(SynchronousTestCase):
             # ... or before the start of a command not yet complete
             (b"*1\r\n+PING\r\n*5\r\n", "+"),
         ]:
-            self.assertParseError(data, f"Protocol error: expected '$', got '{got}'")
+            message = f"Protocol error: expected '$', got '{got}'"
+            self.assertParseError(data, message)
+            # after another command (a buffer of several takes another path)
+            for split in [whole, bytewise]:
+                self.assertEqual(split(resp(b"PING") + data)[:2], ([[b"PING"]], message))
 
     def test_push_is_not_a_command(self) -> None:
         """
