@@ -657,8 +657,15 @@ class Coordinator:
                     inflight[key] = txn
                 ready.append(txn)
         self._queued = waiting
+        if len(ready) == 1 and not self._holding:
+            ready[0].begin()
+            return
+        # together, as the writes of one turn go: queued writes are many
+        # when a busy node's writes often share keys
         for txn in ready:
-            txn.begin()
+            self._gather(txn)
+        if not self._holding:
+            self._start_gathered()
 
     def _finished(self, txn: "_Write") -> None:
         """
@@ -905,6 +912,11 @@ class _Write(_Operation):
             self.finish(TransactionFailed(f"write aborted, nothing applied ({noes[0].reason})"))
 
 
+#: How many times a gathered transaction that met lock conflicts is tried
+#: again whole before its writes are tried alone.
+GROUP_RETRIES = 2
+
+
 class _Group(_Write):
     """
     Several writes gathered into one transaction (see L{Coordinator.hold}):
@@ -922,7 +934,10 @@ class _Group(_Write):
         super().__init__(c, writes, plan, lambda outcome: None)
         self.members = members
         self.priority = min(member.priority for member in members)
-        self.attempt = c._retries  # not tried again as a whole: see finish
+        # lock conflicts try the whole group again, twice (at its oldest
+        # member's priority, so it soon waits rather than dies); then, or
+        # on any other failure, each write is tried alone: see finish
+        self.attempt = max(0, c._retries - GROUP_RETRIES)
 
     def finish(self, outcome: Any) -> None:
         if isinstance(outcome, Exception) and not self.committed:

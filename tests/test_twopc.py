@@ -17,6 +17,7 @@ from zope.interface import implementer
 from dhtwisted.interfaces import IReplica
 from dhtwisted.store import Record, Store
 from dhtwisted.twopc import (
+    GROUP_RETRIES,
     PENDING,
     Coordinator,
     LocalReplica,
@@ -613,10 +614,56 @@ class GroupTests(ThreeReplicasCase):
         self.assertEqual(self.values(b"old"), [b"2"] * 3)
         self.assertEqual(self.coordinator.stats["commits"], 2)
 
+    def test_conflict_retries_the_group_whole(self) -> None:
+        """
+        A gathered transaction that met a lock conflict is tried again whole
+        once the lock is free: its writes still commit together, in one
+        transaction.
+        """
+        participant = self.replicas["c"].participant
+        participant.prepare("older", [(b"bad", b"x")], ["c"], 2000, "z", priority=b"\x00" * 12)
+        self.coordinator.hold()
+        good = deferred(self.coordinator.write, [(b"good", b"1")])
+        bad = deferred(self.coordinator.write, [(b"bad", b"1")])
+        self.coordinator.release()
+        self.clock.advance(0)
+        participant.abort("older")
+        self.clock.advance(0.1)
+        self.assertEqual((self.successResultOf(good), self.successResultOf(bad)),
+                         ([False], [False]))
+        self.assertEqual(self.coordinator.stats,
+                         {"commits": 1, "aborts": 1, "retries": 1, "unconfirmed": 0})
+
+    def test_queued_writes_go_together(self) -> None:
+        """
+        Writes queued behind one of this node's writes (as all are while
+        one waits for a key) start together when they can, in one
+        transaction, rather than one by one; the write of the busy key
+        still waits for it.
+        """
+        participant = self.replicas["c"].participant
+        participant.prepare("older", [(b"k1", b"x")], ["c"], 2000, "z", priority=b"\x00" * 12)
+        first = self.write([(b"k1", b"1")])  # conflicts at c, tried again later
+        self.coordinator.hold()
+        second = self.write([(b"k1", b"2")])
+        others = [self.write([(b"k2", b"3")]), self.write([(b"k3", b"4")])]
+        self.coordinator.release()
+        self.clock.advance(0)
+        self.assertEqual([self.successResultOf(d) for d in others], [[False], [False]])
+        self.assertEqual(self.coordinator.stats["commits"], 1)
+        self.assertNoResult(second)
+        participant.abort("older")
+        for _ in range(10):
+            self.clock.advance(0.1)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(self.values(b"k1"), [b"2"] * 3)
+
     def test_refused_write_fails_alone(self) -> None:
         """
         When the gathered transaction aborts (one key is locked by an older
-        write elsewhere), each write is tried alone: the others commit.
+        write elsewhere), it is tried again whole GROUP_RETRIES times; then
+        each write is tried alone: the others commit.
         """
         self.replicas["c"].participant.prepare("older", [(b"bad", b"x")], ["c"], 2000,
                                                "z", priority=b"\x00" * 12)
@@ -625,6 +672,9 @@ class GroupTests(ThreeReplicasCase):
         bad = deferred(self.coordinator.write, [(b"bad", b"1")])
         self.coordinator.release()
         self.clock.advance(0)
+        self.assertNoResult(good)
+        for _ in range(GROUP_RETRIES):
+            self.clock.advance(0.1)  # the longest pause before a retry
         self.assertEqual(self.successResultOf(good), [False])
         self.assertNoResult(bad)  # waits for the older write's lock, then gives up
         for _ in range(30):
