@@ -12,7 +12,7 @@ value) to keep the per-key memory cost low. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 from .version import NO_VERSION, VERSION_SIZE, version_millis
 
@@ -105,6 +105,26 @@ class Store:
         """
         packed = self._data.get(key)
         return NO_VERSION if packed is None else packed[:_VERSION_LEN]
+
+    def survey(self, keys: Sequence[bytes]) -> tuple[bytes, tuple[bool, ...]]:
+        """
+        The newest version held of any of C{keys} (L{NO_VERSION} if none),
+        and whether each has a value (not a tombstone): what a replica
+        votes with.
+        """
+        get = self._data.get
+        newest = NO_VERSION
+        existed = []
+        for key in keys:
+            packed = get(key)
+            if packed is None:
+                existed.append(False)
+            else:
+                version = packed[:_VERSION_LEN]
+                if version > newest:
+                    newest = version
+                existed.append(packed[_VERSION_LEN] == _LIVE_BYTE)
+        return newest, tuple(existed)
 
     def apply(self, key: bytes, version: bytes, value: Optional[bytes]) -> bool:
         """

@@ -273,13 +273,8 @@ class Participant:
             answer(vote)
 
     def _vote_yes(self, writes: list[Write]) -> Vote:
-        version_of = self._store.version_of
-        value = self._store.value
-        return Vote(
-            True,
-            max_version=max([version_of(key) for key, _ in writes], default=NO_VERSION),
-            existed=tuple([value(key) is not None for key, _ in writes]),
-        )
+        newest, existed = self._store.survey([key for key, _ in writes])
+        return Vote(True, max_version=newest, existed=existed)
 
     def commit(self, txid: str, version: bytes, writes: Optional[list[Write]] = None) -> bool:
         """
@@ -536,28 +531,21 @@ class Coordinator:
                 latest.pop(key, None)  # a key written twice keeps its last value
                 latest[key] = value
             items = list(latest.items())
-        inflight = self._inflight
-        local = self._local
-        if local is not None and not self._queued:
-            me = self._node_id
-            for key, _ in items:
-                if key in inflight:
-                    break
-                nodes = self._replicas_for(key)
-                if len(nodes) != 1 or nodes[0] != me:
-                    break
-            else:
-                # this node is the only replica: the two phases are one local step
-                existed = local.write_alone(items)
-                if existed is not None:
-                    self.stats["commits"] += 1
-                    return existed
         plan = self._plan(items)
+        inflight = self._inflight
         busy = False
         for key, _ in items:
             if key in inflight:
                 busy = True
                 break
+        local = self._local
+        if (local is not None and not busy and not self._queued and len(plan) == 1
+                and len(plan.get(self._node_id, ())) == len(items)):
+            # this node is the only replica: the two phases are one local step
+            existed = local.write_alone(items)
+            if existed is not None:
+                self.stats["commits"] += 1
+                return existed
         txn = _Write(self, items, plan, done)
         if busy or self._queued:
             # a write of this node's holds one of the keys: wait for it here

@@ -45,6 +45,30 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.get(b"k"), Record(v1, b"hello"))
         self.assertEqual(self.store.version_of(b"k"), v1)
 
+    def test_put_tells_what_it_replaced(self) -> None:
+        """
+        put says whether a value (not a tombstone) was replaced, and None,
+        changing nothing, for a version not newer than the one held.
+        """
+        v1, v2, v3 = self.clock.next(), self.clock.next(), self.clock.next()
+        self.assertIs(self.store.put(b"k", v1, b"a"), False)
+        self.assertIs(self.store.put(b"k", v2, None), True)
+        self.assertIs(self.store.put(b"k", v3, b"b"), False)  # over a tombstone
+        self.assertIsNone(self.store.put(b"k", v2, b"old"))
+        self.assertEqual(self.store.get(b"k"), Record(v3, b"b"))
+
+    def test_survey(self) -> None:
+        """
+        survey gives the newest version held of some keys and which of
+        them have a value.
+        """
+        v1, v2 = self.clock.next(), self.clock.next()
+        self.store.apply(b"b", v2, None)
+        self.store.apply(b"a", v1, b"x")
+        self.assertEqual(self.store.survey([b"a", b"none", b"b"]), (v2, (True, False, False)))
+        self.assertEqual(self.store.survey([b"none"]), (NO_VERSION, (False,)))
+        self.assertEqual(self.store.survey([]), (NO_VERSION, ()))
+
     def test_binary_and_empty_values(self) -> None:
         """
         Empty values and values holding any bytes are kept as they are, and
