@@ -115,8 +115,8 @@ class DHTNode(MultiService):
         )
         self._ring: Optional[Ring] = None
         self._ring_version = -1
-        self._alone_at = (-1, 0)  # membership (version, peak) when _alone was found
-        self._alone = False
+        self._state_at = (-1, 0)  # membership (version, peak) when _state was found
+        self._state: tuple[Optional[str], bool] = (None, False)
         self._local = LocalReplica(self.node_id, self.participant, self._prepare_deadline)
         self._remote: dict[str, RemoteReplica] = {}
         self.coordinator = Coordinator(
@@ -314,14 +314,27 @@ class DHTNode(MultiService):
         off from the rest, which goes on writing, and its writes would be
         lost or win over newer ones when the partition heals.
         """
-        refusal = self._refusal()
+        refusal = self._write_state()[0]
         if refusal is not None:
             raise TransactionFailed(refusal)
         return self.coordinator.write(writes, done)
 
+    def _write_state(self) -> tuple[Optional[str], bool]:
+        """
+        Why this node refuses writes now (see L{write}), C{None} if it takes
+        them; and whether it alone holds every key. (Asked for every write
+        and every read of a client: kept until the membership changes.)
+        """
+        membership = self.membership
+        if self._state_at != (membership.version, membership.peak):
+            self._state_at = (membership.version, membership.peak)
+            refusal = self._refusal()
+            self._state = (refusal, refusal is None and len(self.ring) == 1)
+        return self._state
+
     def _refusal(self) -> Optional[str]:
         """
-        Why this node refuses writes now (see L{write}); C{None} if it takes them.
+        Why this node refuses writes now; C{None} if it takes them.
         """
         live = len(self.ring)
         membership = self.membership
@@ -336,14 +349,9 @@ class DHTNode(MultiService):
 
     def alone(self) -> bool:
         """
-        See L{dhtwisted.commands.NodeAPI.alone}. (Asked for every read of
-        every client: kept until the membership changes.)
+        See L{dhtwisted.commands.NodeAPI.alone}.
         """
-        membership = self.membership
-        if self._alone_at != (membership.version, membership.peak):
-            self._alone_at = (membership.version, membership.peak)
-            self._alone = len(self.ring) == 1 and self._refusal() is None
-        return self._alone
+        return self._write_state()[1]
 
     def write_each(self, writes: Sequence[tuple[bytes, Optional[bytes]]]) -> int:
         """

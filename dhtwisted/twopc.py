@@ -471,6 +471,7 @@ class Coordinator:
         self._inflight: dict[bytes, _Write] = {}  # key -> this node's write holding it
         self._queued: list[_Write] = []  # writes waiting for such a key, in order
         self._holding = 0
+        self._finishing = 0  # > 0 while a group's writes finish: see _finished
         self._gathered: list[_Write] = []  # writes to start as one transaction
         self._gathered_bytes = 0
         self._start_call: Optional[IDelayedCall] = None
@@ -663,7 +664,7 @@ class Coordinator:
         for key, _ in txn.writes:
             if inflight.get(key) is txn:
                 del inflight[key]
-        if self._queued:
+        if self._queued and not self._finishing:
             self._start_queued()
 
     def _plan(self, writes: list[Write]) -> dict[str, list[int]]:
@@ -917,6 +918,14 @@ class _Group(_Write):
         for member in members:
             offset = len(writes)
             writes.extend(member.writes)
+            if len(member.writes) == 1:  # (most are: a SET each)
+                for node in member.plan:
+                    share = plan.get(node)
+                    if share is None:
+                        plan[node] = [offset]
+                    else:
+                        share.append(offset)
+                continue
             for node, indexes in member.plan.items():
                 plan.setdefault(node, []).extend(i + offset for i in indexes)
         super().__init__(c, writes, plan, lambda outcome: None)
@@ -934,12 +943,19 @@ class _Group(_Write):
             for member in self.members:
                 member._retry()
             return
-        offset = 0
-        for member in self.members:
-            count = len(member.writes)
-            member.finish(outcome if isinstance(outcome, Exception)
-                          else outcome[offset : offset + count])
-            offset += count
+        c = self.c
+        c._finishing += 1  # start the queued writes once, after all members
+        try:
+            offset = 0
+            for member in self.members:
+                count = len(member.writes)
+                member.finish(outcome if isinstance(outcome, Exception)
+                              else outcome[offset : offset + count])
+                offset += count
+        finally:
+            c._finishing -= 1
+        if c._queued and not c._finishing:
+            c._start_queued()
 
 
 class _Read(_Operation):
