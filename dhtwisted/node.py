@@ -123,7 +123,7 @@ class DHTNode(MultiService):
             self.node_id, self.clock, reactor, self.replicas_for, self.replica,
             rpc_timeout=config.rpc_timeout, rng=self.rng, is_member=self._is_member, keep=keep,
             local=self.participant, retries=RETRIES, retry_for=config.rpc_timeout,
-            group_bytes=config.max_message // 2,
+            group_bytes=config.max_message // 2, alone=self.alone,
         )
         self.commands = Commands(self, config.max_key, config.max_value,
                                  max_write=config.max_message)
@@ -329,7 +329,7 @@ class DHTNode(MultiService):
         if self._state_at != (membership.version, membership.peak):
             self._state_at = (membership.version, membership.peak)
             refusal = self._refusal()
-            self._state = (refusal, refusal is None and len(self.ring) == 1)
+            self._state = (refusal, refusal is None and self.ring.nodes == {self.node_id})
         return self._state
 
     def _refusal(self) -> Optional[str]:

@@ -432,6 +432,9 @@ class Coordinator:
     :param keep: seconds a decision is remembered for participants that ask.
     :param local: this node's participant, for writes only this node holds
         and reads it can answer itself.
+    :param alone: whether this node is now the only replica of every key
+        (a one-node cluster): then L{write_each} and L{read_here} need not
+        look up each key's replicas.
     """
 
     def __init__(
@@ -450,6 +453,7 @@ class Coordinator:
         retry_for: float = float("inf"),
         group_bytes: int = 1 << 20,
         group_size: int = 32,
+        alone: Callable[[], bool] = lambda: False,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -477,6 +481,7 @@ class Coordinator:
         self._start_call: Optional[IDelayedCall] = None
         self._group_bytes = group_bytes
         self._group_size = group_size
+        self._alone = alone
         self.stats = {"commits": 0, "aborts": 0, "retries": 0, "unconfirmed": 0}
 
     def _new_txid(self) -> str:
@@ -574,15 +579,18 @@ class Coordinator:
         local = self._local
         if local is None or self._queued:
             return 0
-        me = self._node_id
-        replicas_for = self._replicas_for
-        alone = 0
-        for key, _ in writes:
-            nodes = replicas_for(key)
-            if len(nodes) != 1 or nodes[0] != me:
-                break
-            alone += 1
-        count = local.write_each(writes[:alone], self._inflight) if alone else 0
+        if self._alone():
+            alone = len(writes)
+        else:
+            me = self._node_id
+            alone = 0
+            for key, _ in writes:
+                nodes = self._replicas_for(key)
+                if len(nodes) != 1 or nodes[0] != me:
+                    break
+                alone += 1
+            writes = writes[:alone]
+        count = local.write_each(writes, self._inflight) if alone else 0
         self.stats["commits"] += count
         return count
 
@@ -734,8 +742,9 @@ class Coordinator:
             return values
         me = self._node_id
         lookup = local.store.lookup
+        everywhere = self._alone()
         for key in keys:
-            if me not in self._replicas_for(key):
+            if not everywhere and me not in self._replicas_for(key):
                 break
             value = lookup(key)
             if value is ABSENT:

@@ -537,6 +537,26 @@ class AloneTests(SynchronousTestCase):
         self.assertEqual(self.coordinator.stats["commits"], 3)
         self.assertEqual((self.events, participant.in_doubt), ([], 1))
 
+    def test_each_alone_needs_no_lookups(self) -> None:
+        """
+        A coordinator told it is alone (a one-node cluster) does not look up
+        the replicas of each key for C{write_each} and C{read_here}.
+        """
+        looked: list = []
+
+        def replicas_for(key: bytes) -> list:
+            looked.append(key)
+            return ["a"]
+
+        coordinator = Coordinator(
+            "a", HybridClock(self.clock.seconds, node_tag("a")), self.clock,
+            replicas_for, lambda node: self.replica, local=self.replica.participant,
+            alone=lambda: True,
+        )
+        self.assertEqual(coordinator.write_each([(b"x", b"1"), (b"y", b"2")]), 2)
+        self.assertEqual(coordinator.read_here([b"x", b"y"]), [b"1", b"2"])
+        self.assertEqual(looked, [])
+
     def test_each_only_where_alone(self) -> None:
         """
         Keys other nodes replicate too are neither written by
