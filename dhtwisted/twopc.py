@@ -474,6 +474,7 @@ class Coordinator:
         self._redelivery: dict[tuple[str, str], Any] = {}  # (txid, node) -> delayed call
         self._inflight: dict[bytes, _Write] = {}  # key -> this node's write holding it
         self._queued: list[_Write] = []  # writes waiting for such a key, in order
+        self._queued_keys: dict[bytes, int] = {}  # key -> queued writes of it
         self._holding = 0
         self._finishing = 0  # > 0 while a group's writes finish: see _finished
         self._gathered: list[_Write] = []  # writes to start as one transaction
@@ -539,13 +540,14 @@ class Coordinator:
             items = list(latest.items())
         plan = self._plan(items)
         inflight = self._inflight
+        queued_keys = self._queued_keys
         busy = False
         for key, _ in items:
-            if key in inflight:
+            if key in inflight or key in queued_keys:
                 busy = True
                 break
         local = self._local
-        if (local is not None and not busy and not self._queued and len(plan) == 1
+        if (local is not None and not busy and len(plan) == 1
                 and len(plan.get(self._node_id, ())) == len(items)):
             # this node is the only replica: the two phases are one local step
             existed = local.write_alone(items)
@@ -553,12 +555,13 @@ class Coordinator:
                 self.stats["commits"] += 1
                 return existed
         txn = _Write(self, items, plan, done)
-        if busy or self._queued:
-            # a write of this node's holds one of the keys: wait for it here
-            # rather than conflict with it at the replicas
+        if busy:
+            # a write of this node's holds one of the keys, or waits for one:
+            # wait behind it here rather than conflict with it at the replicas
             self._queued.append(txn)
+            for key, _ in items:
+                queued_keys[key] = queued_keys.get(key, 0) + 1
             txn.sync = False
-            self._start_queued()
             return PENDING
         for key, _ in items:
             inflight[key] = txn
@@ -641,6 +644,7 @@ class Coordinator:
         of them waits for is not given to a later one.
         """
         inflight = self._inflight
+        queued_keys = self._queued_keys
         blocked: set[bytes] = set()
         waiting = []
         ready = []
@@ -652,8 +656,15 @@ class Coordinator:
             else:
                 for key in keys:
                     inflight[key] = txn
+                    count = queued_keys[key] - 1
+                    if count:
+                        queued_keys[key] = count
+                    else:
+                        del queued_keys[key]
                 ready.append(txn)
         self._queued = waiting
+        if not ready:
+            return
         if len(ready) == 1 and not self._holding:
             ready[0].begin()
             return
