@@ -475,6 +475,7 @@ class Coordinator:
         self._inflight: dict[bytes, _Write] = {}  # key -> this node's write holding it
         self._queued: list[_Write] = []  # writes waiting for such a key, in order
         self._queued_keys: dict[bytes, int] = {}  # key -> queued writes of it
+        self._freed = False  # a key a queued write waits for was freed
         self._holding = 0
         self._finishing = 0  # > 0 while a group's writes finish: see _finished
         self._gathered: list[_Write] = []  # writes to start as one transaction
@@ -643,6 +644,7 @@ class Coordinator:
         Start the queued writes whose keys are free, in order: a key one
         of them waits for is not given to a later one.
         """
+        self._freed = False
         inflight = self._inflight
         queued_keys = self._queued_keys
         blocked: set[bytes] = set()
@@ -680,10 +682,13 @@ class Coordinator:
         C{txn} is over: free its keys for the writes queued behind it.
         """
         inflight = self._inflight
+        queued_keys = self._queued_keys
         for key, _ in txn.writes:
             if inflight.get(key) is txn:
                 del inflight[key]
-        if self._queued and not self._finishing:
+                if key in queued_keys:
+                    self._freed = True  # a queued write waited for it
+        if self._freed and not self._finishing:
             self._start_queued()
 
     def _plan(self, writes: list[Write]) -> dict[str, list[int]]:
@@ -974,7 +979,7 @@ class _Group(_Write):
                 offset += count
         finally:
             c._finishing -= 1
-        if c._queued and not c._finishing:
+        if c._freed and not c._finishing:
             c._start_queued()
 
 
