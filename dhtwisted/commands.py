@@ -338,13 +338,7 @@ class Commands:
         if len(args) > 3:
             return ErrorReply("syntax error: SET takes a key and a value; "
                               "options such as EX, PX, NX and XX are not supported")
-        key = args[1]
-        value = args[2]
-        if (len(key) <= self._max_key and len(value) <= self._max_value
-                and len(key) + len(value) <= self._max_write):
-            # (the path of every SET: _write's checks for one pair)
-            return self._settle(self._node.write, [(key, value)], _ok, respond)
-        return self._write([(key, value)], _ok, respond)
+        return self._write([(args[1], args[2])], _ok, respond)
 
     def _mset(self, args: list[bytes], respond: Respond) -> Any:
         pairs = [(args[i], args[i + 1]) for i in range(1, len(args), 2)]
