@@ -32,8 +32,8 @@ _MAX_ARGS = 1024 * 1024
 #: \r but not yet its \n).
 _HEADER_MAX = 32
 _HEADER_WINDOW = _HEADER_MAX + 2
-#: What starts a RESP3 aggregate or verbatim string after a CRLF.
-_RESP3_MARK = re.compile(rb"\r\n[=>~|%]")
+#: What starts a RESP3 type (aggregate, verbatim string, number, null, error) after a CRLF.
+_RESP3_MARK = re.compile(rb"\r\n[=>~|%(,#_!]")
 
 
 class RespError(ValueError):
@@ -139,21 +139,28 @@ def _parse_many(buf: bytes, max_bulk: int) -> Optional[list[list[bytes]]]:
         while item is not False:
             commands.append(item)
             item = gets()
-        # every command a list of bytes (other replies, nils, numbers and
-        # nested arrays do not join), and no argument holds a CRLF
-        flat = b"".join(map(b"".join, commands))
+        # every argument bytes (other replies, nils, numbers and nested
+        # arrays do not join), each followed by a LF here, so that a CR
+        # ending an argument shows as a CRLF
+        flat = b"\n".join(map(b"\n".join, commands)) + b"\n"
     except (HiredisError, TypeError):
         return None
     if (
         not commands
         or commands.pop() != []
+        or any(type(command) is not list for command in commands)
         or [] in commands
+        # no argument holds a CRLF or ends with a CR: hiredis skips the two
+        # bytes after a bulk string unread, and such a CR could stand in for
+        # the one missing there
         or b"\r\n" in flat
-        # RESP3 types that hiredis reads as arrays or bulk strings: a
+        # RESP3 types that hiredis reads as arrays, strings or numbers: a
         # value starting with one of these bytes just takes the slow path
         or _RESP3_MARK.search(buf) is not None
-        # every argument took two lines (so none was a simple string)
+        # every argument took two lines, ended by CRLFs (so no simple string
+        # stood in for a bulk string, and every bulk string ended in CRLF)
         or buf.count(b"\r\n") != len(commands) + 2 * sum(map(len, commands))
+        or max(map(len, commands)) > _MAX_ARGS
         or (len(flat) > max_bulk and max(map(len, chain.from_iterable(commands))) > max_bulk)
     ):
         return None

@@ -366,6 +366,37 @@ class ParseErrorTests(SynchronousTestCase):
             for split in [whole, bytewise]:
                 self.assertEqual(split(resp(b"PING") + data)[:2], ([[b"PING"]], message))
 
+    def test_bulk_end_checked_in_whole_buffers(self) -> None:
+        """
+        The two bytes after a bulk string must be CRLF, also when the value
+        ends with a CR that, with a LF after it, makes the buffer's count of
+        CRLFs come out right (the C parser skips those two bytes unread).
+        """
+        set_k = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n"
+        for data in [
+            set_k + b"$2\r\nv\r\nX" + resp(b"PING") + resp(b"GET", b"k"),
+            set_k + b"$2\r\nv\r\n\r" + resp(b"PING"),
+        ]:
+            self.assertEqual(whole(data)[:2],
+                             ([], "Protocol error: bulk string not followed by CRLF"))
+
+    def test_bare_reply_between_commands(self) -> None:
+        """
+        A bare simple string or RESP3 number between commands is an inline
+        command, as the byte-by-byte parser reads it, not an empty command.
+        """
+        for mark in [b"+", b"("]:
+            data = resp(b"PING") + mark + b"\r\n" + resp(b"PING")
+            self.assertEqual(whole(data)[:2], ([[b"PING"], [mark], [b"PING"]], None))
+
+    def test_too_many_arguments_in_whole_buffer(self) -> None:
+        """
+        A whole buffer with an array of more than the most arguments
+        accepted is refused as the byte-by-byte parser refuses it.
+        """
+        data = b"*1048577\r\n" + b"$0\r\n\r\n" * 1048577 + resp(b"PING")
+        self.assertEqual(whole(data)[:2], ([], "Protocol error: invalid multibulk length"))
+
     def test_push_is_not_a_command(self) -> None:
         """
         A RESP3 push or set in place of a command's array is read as

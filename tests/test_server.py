@@ -349,6 +349,17 @@ class RespProtocolTests(SynchronousTestCase):
         self.assertEqual((calls[b"SET"] - before[b"SET"], calls[b"GET"] - before[b"GET"]),
                          (5, 4))
 
+    def test_bare_reply_between_commands(self) -> None:
+        """
+        A bare C{+} line between pipelined commands is an unknown inline
+        command; the commands around it are answered and the connection
+        stays open.
+        """
+        c = self.command
+        self.assertEqual(self.client.send(c(b"PING") + b"+\r\n" + c(b"PING")),
+                         b"+PONG\r\n-ERR unknown command '+'\r\n+PONG\r\n")
+        self.assertFalse(self.client.closed)
+
     def test_pipelined_set_of_locked_key_keeps_order(self) -> None:
         """
         In a run of SETs, one whose key a transaction of another node holds
