@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+import dhtwisted.resp as resp_module
 from dhtwisted.quoting import split_args
 from dhtwisted.resp import (
     RespError,
@@ -101,6 +102,11 @@ def _wire_commands(draw: st.DrawFn) -> tuple[Commands, bytes]:
     return commands, data
 
 
+#: Pieces of RESP, numbers and type bytes that arguments and edits are made of.
+_PIECES = [b"00", b"-1", b"+1", b"*0\r\n", b"*-1\r\n", b"$-1\r\n", b"\r\n", b"a", b"\r",
+           b"\n", b"$", b"*", b"+", b":", b"-", b"0", b"1", b"2", b"=", b"~", b"%", b"_",
+           b"#", b",", b"(", b"!", b">", b"|", b" "]
+
 #: Values that hold CRLFs and look like RESP headers.
 _TRICKY = [b"\r\n", b"$3\r\nSET\r\n", b"*1\r\n$1\r\nx", b"\r\n$0\r\n"]
 
@@ -146,6 +152,40 @@ class ParseTests(SynchronousTestCase):
                 self.assertRaises(RespError, parse, data, max_bulk=longest - 1)
             else:
                 self.assertEqual(parse(data, max_bulk=longest - 1)[0], commands[:first_long])
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.lists(st.lists(st.sampled_from(_PIECES), max_size=4).map(b"".join),
+                          min_size=1, max_size=3), min_size=2, max_size=3),
+        st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1000),
+                           st.sampled_from(_PIECES)), max_size=3),
+        st.sampled_from([1 << 20, 3, 2]),
+    )
+    def test_fast_path_same_as_slow(self, commands: Commands,
+                                    edits: list[tuple[int, int, bytes]],
+                                    max_bulk: int) -> None:
+        """
+        Pipelines of commands, mutated (bytes replaced, inserted, deleted),
+        parse to the same commands and the same error whether or not the
+        fast path for whole buffers is taken.
+        """
+        data = bytearray(b"".join(resp(*args) for args in commands))
+        for op, at, piece in edits:
+            at %= len(data) + 1
+            if op == 0:
+                data[at : at + 1] = piece
+            elif op == 1:
+                data[at:at] = piece
+            else:
+                del data[at : at + 1]
+        fast = parse_stream([bytes(data)], max_bulk=max_bulk)
+        whole_parser = resp_module._parse_whole
+        resp_module._parse_whole = lambda buf, limit: None  # (per example, not self.patch)
+        try:
+            slow = parse_stream([bytes(data)], max_bulk=max_bulk)
+        finally:
+            resp_module._parse_whole = whole_parser
+        self.assertEqual(fast, slow)
 
     def test_several_commands(self) -> None:
         """
