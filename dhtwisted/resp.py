@@ -32,6 +32,8 @@ _MAX_ARGS = 1024 * 1024
 #: \r but not yet its \n).
 _HEADER_MAX = 32
 _HEADER_WINDOW = _HEADER_MAX + 2
+#: The types of the commands of a whole buffer: arrays only.
+_LISTS = {list}
 #: What starts a RESP3 type (aggregate, verbatim string, number, null, error) after a CRLF.
 _RESP3_MARK = re.compile(rb"\r\n[=>~|%(,#_!]")
 
@@ -148,7 +150,7 @@ def _parse_many(buf: bytes, max_bulk: int) -> Optional[list[list[bytes]]]:
     if (
         not commands
         or commands.pop() != []
-        or any(type(command) is not list for command in commands)
+        or set(map(type, commands)) != _LISTS
         or [] in commands
         # no argument holds a CRLF or ends with a CR: hiredis skips the two
         # bytes after a bulk string unread, and such a CR could stand in for
@@ -160,7 +162,7 @@ def _parse_many(buf: bytes, max_bulk: int) -> Optional[list[list[bytes]]]:
         # every argument took two lines, ended by CRLFs (so no simple string
         # stood in for a bulk string, and every bulk string ended in CRLF)
         or buf.count(b"\r\n") != len(commands) + 2 * sum(map(len, commands))
-        or max(map(len, commands)) > _MAX_ARGS
+        or (len(flat) > _MAX_ARGS and max(map(len, commands)) > _MAX_ARGS)
         or (len(flat) > max_bulk and max(map(len, chain.from_iterable(commands))) > max_bulk)
     ):
         return None
