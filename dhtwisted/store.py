@@ -91,14 +91,6 @@ class Store:
             return None
         return packed[_VERSION_LEN + 1 :]
 
-    def value(self, key: bytes) -> Optional[bytes]:
-        """
-        The value held for C{key}; C{None} if none or a tombstone (L{lookup}
-        without telling the two apart).
-        """
-        value = self.lookup(key)
-        return None if value is ABSENT else value  # type: ignore[return-value]
-
     def version_of(self, key: bytes) -> bytes:
         """
         The version held for C{key}; L{NO_VERSION} if none.

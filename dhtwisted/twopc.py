@@ -153,11 +153,19 @@ class Participant:
         for key, value in writes:
             held = put(key, version, value)
             if held is None:
-                # held at a version from a clock ahead (observed, so rare): go past it
-                version = self._clock.next_after(self._store.version_of(key))
-                held = put(key, version, value)
+                held, version = self._put_past(key, value)
             existed.append(held)
         return existed
+
+    def _put_past(self, key: bytes, value: Optional[bytes]) -> tuple[bool, bytes]:
+        """
+        Put C{value} at a version past the one held for C{key}: that one came
+        from a clock ahead of this node's (observed since, so rare).
+
+        :return: whether the key had a value before, and the version used.
+        """
+        version = self._clock.next_after(self._store.version_of(key))
+        return bool(self._store.put(key, version, value)), version
 
     def write_each(self, writes: Sequence[Write], busy: Container[bytes]) -> int:
         """
@@ -175,7 +183,7 @@ class Participant:
             if key in locks or key in busy:
                 break
             if put(key, next_version(), value) is None:
-                put(key, self._clock.next_after(self._store.version_of(key)), value)
+                self._put_past(key, value)
             count += 1
         return count
 
@@ -603,9 +611,11 @@ class Coordinator:
         Gather the writes that start from now until L{release} (a client's
         pipelined commands, say) and those of other holds in the same turn
         of the reactor into one transaction: one prepare and one commit per
-        replica for all of them. Each write still answers on
-        its own; if the gathered transaction aborts, each is tried alone, so
-        that one write's refusal or conflict does not fail the others.
+        replica for all of them. Each write still answers on its own; a
+        gathered transaction that meets lock conflicts is tried again whole
+        (L{GROUP_RETRIES} times), then, as after any other failure, each
+        write is tried alone, so that one write's refusal or conflict does
+        not fail the others.
         """
         self._holding += 1
 

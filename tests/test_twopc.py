@@ -537,6 +537,22 @@ class AloneTests(SynchronousTestCase):
         self.assertEqual(self.coordinator.stats["commits"], 3)
         self.assertEqual((self.events, participant.in_doubt), ([], 1))
 
+    def test_local_writes_go_past_a_version_from_ahead(self) -> None:
+        """
+        A key held at a version from a clock ahead of this node's is still
+        written by a one-step local write, alone or in a run, at a greater
+        version.
+        """
+        store = self.replica.store
+        ahead = HybridClock(lambda: 5000.0, 1).next()
+        store.apply(b"k", ahead, b"from the future")
+        store.apply(b"j", ahead, b"from the future")
+        self.assertEqual(self.coordinator.write([(b"k", b"now")], lambda result: None), [True])
+        self.assertEqual(self.coordinator.write_each([(b"j", b"now")]), 1)
+        for key in [b"k", b"j"]:
+            self.assertEqual(store.get(key).value, b"now")
+            self.assertGreater(store.version_of(key), ahead)
+
     def test_each_alone_needs_no_lookups(self) -> None:
         """
         A coordinator told it is alone (a one-node cluster) does not look up
