@@ -112,6 +112,16 @@ class NodeAPI(Protocol):
         next must go through L{write}.
         """
 
+    def write_run(self, writes: Sequence[tuple[bytes, bytes]],
+                  done: Callable[[list[Any]], None]) -> tuple[int, Any]:
+        """
+        Apply the first of C{writes}, each as its own write, in order, in
+        one go where it can (optional): how many it took (none: the next
+        must go through L{write}), and for each C{None} if it committed or
+        why not (an exception), at once or later through C{done} (then the
+        second item is L{PENDING}).
+        """
+
     def read_each(self, keys: Sequence[bytes]) -> list[Optional[bytes]]:
         """
         The values of the first of C{keys}, as long as this node can read
@@ -164,6 +174,7 @@ class Commands:
         self._hold = getattr(node, "hold", None)
         self._release = getattr(node, "release", None)
         self._alone = getattr(node, "alone", lambda: False)
+        self._write_run = getattr(node, "write_run", None)
 
     def hold(self) -> None:
         """
@@ -222,27 +233,30 @@ class Commands:
             log.failure("command {name} failed", name=name.decode("ascii", "replace"))
             return ErrorReply("internal error, see the node's log")
 
-    def execute_bulk(self, commands: list[list[bytes]], start: int) -> Optional[list[Reply]]:
+    def execute_bulk(self, commands: list[list[bytes]], start: int,
+                     respond: Callable[[list[Reply]], None]) -> Optional[tuple[int, Any]]:
         """
-        Run together the commands from C{commands[start]} on that the node
-        can do at once in bulk while it alone holds every key: a run of
-        plain C{SET}s, or of C{GET}s of keys it holds. The same replies as
-        L{execute} would give one by one, for far fewer Python calls per
-        command.
+        Run together the commands from C{commands[start]} on that can go in
+        bulk: a run of plain C{SET}s (each still its own write), or, while
+        this node alone holds every key, of C{GET}s of keys it holds. The
+        same replies as L{execute} would give one by one, for far fewer
+        Python calls per command.
 
-        :return: the replies of the commands run, in order: none if the
-            command at C{start} is not one of those (run it with
-            L{execute}); C{None} if the node does not hold every key (ask
-            again when other commands came).
+        :param respond: called with the replies, in order, if they come later.
+        :return: how many commands it ran (none: run the one at C{start}
+            with L{execute}) and their replies, a list or L{PENDING}; or
+            C{None} if no later command of this read can go in bulk either.
         """
         name = commands[start][0]
-        if name not in _BULK:
-            return []
-        if not self._alone():
-            return None
+        kind = _BULK.get(name)
+        if kind is None:
+            return _NO_RUN
+        alone = self._alone()
         max_key = self._max_key
         run = []
-        if _BULK[name] == b"SET":
+        if kind == b"SET":
+            if not alone and self._write_run is None:
+                return None
             max_value = self._max_value
             max_write = self._max_write
             for args in itertools.islice(commands, start, None):
@@ -254,17 +268,36 @@ class Commands:
                         or len(key) + len(value) > max_write):
                     break  # execute says what is wrong
                 run.append((key, value))
-            replies: list[Reply] = [OK] * self._node.write_each(run)
+            if alone:
+                count = self._node.write_each(run)
+                replies: Any = [OK] * count
+            elif len(run) < 2:
+                return _NO_RUN
+            else:
+                count, results = self._write_run(  # type: ignore[misc]
+                    run, lambda results: respond(self._run_replies(results)))
+                if not count:
+                    return _NO_RUN
+                replies = results if results is PENDING else self._run_replies(results)
         else:
+            if not alone:
+                return None
             for args in itertools.islice(commands, start, None):
                 if len(args) != 2 or args[0] != name or len(args[1]) > max_key:
                     break
                 run.append(args[1])
-            replies = self._node.read_each(run)  # type: ignore[assignment]
-        if replies:
+            replies = self._node.read_each(run)
+            count = len(replies)
+        if count:
             calls = self.calls
-            calls[_BULK[name]] = calls.get(_BULK[name], 0) + len(replies)
-        return replies
+            calls[kind] = calls.get(kind, 0) + count
+        return count, replies
+
+    def _run_replies(self, results: list[Any]) -> list[Reply]:
+        """
+        The replies to a run of C{SET}s, from the result of each.
+        """
+        return [OK if result is None else self._outcome(result, _ok) for result in results]
 
     def _check_key(self, key: bytes) -> Optional[ErrorReply]:
         if len(key) > self._max_key:
@@ -402,6 +435,9 @@ def _ok(existed: object) -> Reply:
 
 #: The commands L{Commands.execute_bulk} runs, as clients write their names.
 _BULK = {b"SET": b"SET", b"set": b"SET", b"GET": b"GET", b"get": b"GET"}
+
+#: What L{Commands.execute_bulk} returns when the next command must run alone.
+_NO_RUN = (0, [])
 
 #: No upper bound on the number of arguments.
 _ANY = 1 << 30

@@ -124,6 +124,7 @@ class DHTNode(MultiService):
             rpc_timeout=config.rpc_timeout, rng=self.rng, is_member=self._is_member, keep=keep,
             local=self.participant, retries=RETRIES, retry_for=config.rpc_timeout,
             group_bytes=config.max_message // 2, alone=self.alone,
+            replicas_of=lambda keys: self.ring.preference_lists(keys, config.replicas),
         )
         self.commands = Commands(self, config.max_key, config.max_value,
                                  max_write=config.max_message)
@@ -361,6 +362,15 @@ class DHTNode(MultiService):
             return 0
         return self.coordinator.write_each(writes)
 
+    def write_run(self, writes: Sequence[tuple[bytes, bytes]],
+                  done: Callable[[list[Any]], None]) -> tuple[int, Any]:
+        """
+        See L{dhtwisted.commands.NodeAPI.write_run}.
+        """
+        if self._write_state()[0] is not None:
+            return 0, None  # each write says why it is refused
+        return self.coordinator.write_run(writes, done)
+
     def read_each(self, keys: Sequence[bytes]) -> list[Optional[bytes]]:
         """
         See L{dhtwisted.commands.NodeAPI.read_each}.
@@ -455,9 +465,14 @@ class DHTNode(MultiService):
             if refusal:
                 vote_to_pb(p.txid, Vote(False, refusal), reply.vote)
                 return reply
+            try:
+                writes = writes_from_pb(p.writes)
+            except ValueError as e:
+                reply.error.reason = f"bad writes: {e}"
+                return reply
             waiting: Deferred[Vote] = Deferred()
             vote = self.participant.prepare(
-                p.txid, writes_from_pb(p.writes), list(p.participants), self._prepare_deadline(),
+                p.txid, writes, list(p.participants), self._prepare_deadline(),
                 p.coordinator, p.priority, waiting.callback,
             )
             if vote is None:  # it waits for a lock: answer when it has one
@@ -469,8 +484,12 @@ class DHTNode(MultiService):
             if len(c.version) != VERSION_SIZE:
                 reply.error.reason = "commit without a valid version"
                 return reply
-            done = self.participant.commit(c.txid, c.version,
-                                           writes_from_pb(c.writes) if c.writes else None)
+            try:
+                writes = writes_from_pb(c.writes) if c.HasField("writes") else None
+            except ValueError as e:
+                reply.error.reason = f"bad writes: {e}"
+                return reply
+            done = self.participant.commit(c.txid, c.version, writes)
             reply.txn_status.txid = c.txid
             reply.txn_status.state = TxnStatus.COMMITTED if done else TxnStatus.UNKNOWN
         elif kind == "abort":
@@ -508,11 +527,10 @@ class DHTNode(MultiService):
         Why this replica refuses C{writes} (keys or values over its limits),
         or C{""}.
         """
-        for w in writes:
-            if len(w.key) > self.config.max_key:
-                return f"replica {self.node_id}: key longer than its max_key"
-            if len(w.value) > self.config.max_value:
-                return f"replica {self.node_id}: value larger than its max_value"
+        if max(map(len, writes.keys), default=0) > self.config.max_key:
+            return f"replica {self.node_id}: key longer than its max_key"
+        if max(map(len, writes.values), default=0) > self.config.max_value:
+            return f"replica {self.node_id}: value larger than its max_value"
         return ""
 
     def _merge(self, members: list[Member]) -> None:

@@ -105,7 +105,7 @@ class PeerProtocol(Int32StringReceiver):
     One end of a peer link.
 
     :param node: the node it serves.
-    :param clock: for request timeouts.
+    :param clock: for request timeouts and sending at the end of a turn.
     :param rpc_timeout: seconds a request may wait for its reply.
     :param max_frame: largest frame accepted.
     :param dialer: whether this end dialled (and so starts the handshake).
@@ -269,8 +269,6 @@ class PeerProtocol(Int32StringReceiver):
                         _answer(entry[0], envelope)
             else:
                 self._handle(envelope)
-        # the replies to this frame's requests go out together, now
-        self._flush()
 
     def _handle(self, envelope: Envelope) -> None:
         kind = envelope.WhichOneof("body")
@@ -319,8 +317,9 @@ class PeerProtocol(Int32StringReceiver):
     def _send(self, envelope: Envelope) -> None:
         """
         Queue C{envelope}: the envelopes sent during one turn of the reactor
-        go out together, in one frame, when it ends (or, for the replies to
-        a frame of requests, once the frame is handled).
+        go out together, in one frame, when it ends: requests and the
+        replies to the frames read in that turn (from every peer: a node
+        is at once a coordinator and a replica of its peers).
         """
         data = envelope.SerializeToString()
         if self._out_size + len(data) > self.MAX_LENGTH - 64:

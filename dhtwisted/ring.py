@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 __all__ = ["Ring", "key_position", "node_tokens"]
 
@@ -64,7 +64,8 @@ class Ring:
         self._owners: list[str] = [owners[t] for t in self._tokens]
         self.nodes: frozenset[str] = frozenset(self._owners)
         self._alone = list(self.nodes) if len(self.nodes) == 1 else None
-        self._cache: dict[tuple[int, int], list[str]] = {}
+        # n -> for each start index into _tokens, the first n nodes from it
+        self._walks: dict[int, list[Optional[list[str]]]] = {}
 
     def __len__(self) -> int:
         """
@@ -87,11 +88,44 @@ class Ring:
         """
         if not self._tokens:
             return []
-        n = min(n, len(self.nodes))
-        start = bisect.bisect_left(self._tokens, position)
-        cached = self._cache.get((start, n))
+        return self._walk_from(bisect.bisect_left(self._tokens, position), n)
+
+    def preference_lists(self, keys: Iterable[bytes], n: int) -> list[list[str]]:
+        """
+        L{preference_list} of each of C{keys}, in one call. Keys with the
+        same replicas get the same list object.
+        """
+        if self._alone is not None:
+            return [self._alone for _ in keys]
+        tokens = self._tokens
+        if not tokens:
+            return [[] for _ in keys]
+        walks = self._walks_of(n)
+        walk_from = self._walk_from
+        size = self.ring_size
+        md5 = hashlib.md5
+        from_bytes = int.from_bytes
+        bisect_left = bisect.bisect_left
+        found = []
+        for key in keys:
+            start = bisect_left(tokens, from_bytes(md5(key).digest(), "big") % size)
+            nodes = walks[start]
+            found.append(walk_from(start, n) if nodes is None else nodes)
+        return found
+
+    def _walks_of(self, n: int) -> list[Optional[list[str]]]:
+        walks = self._walks.get(n)
+        if walks is None:
+            # a start index may be len(_tokens): past the last token, it wraps
+            walks = self._walks[n] = [None] * (len(self._tokens) + 1)
+        return walks
+
+    def _walk_from(self, start: int, n: int) -> list[str]:
+        walks = self._walks_of(n)
+        cached = walks[start]
         if cached is not None:
             return cached
+        n = min(n, len(self.nodes))
         found: list[str] = []
         count = len(self._tokens)
         for i in range(count):
@@ -100,7 +134,7 @@ class Ring:
                 found.append(node)
                 if len(found) == n:
                     break
-        self._cache[(start, n)] = found
+        walks[start] = found
         return found
 
     def primary_share(self) -> dict[str, float]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -178,6 +178,7 @@ class NodeProtocol(Protocol):
         self._lost = False
         self._peer: Optional[Protocol] = None
         self._spare = self._slot()
+        self._spare_run = self._run_slot()
 
     def connectionMade(self) -> None:
         """
@@ -349,18 +350,22 @@ class NodeProtocol(Protocol):
         self._buf = self._buf[used:]
         self._need = need
         execute = factory.commands.execute
-        bulk: Optional[Callable[[list[list[bytes]], int], Optional[list[Reply]]]]
+        bulk: Optional[Callable[..., Optional[tuple[int, Any]]]]
         bulk = factory.commands.execute_bulk
         i = 0
         while i < len(commands):
             if self._done:
                 return
             if bulk is not None and i + 1 < len(commands):  # (one alone: no gain)
-                replies = bulk(commands, i)
-                if replies is None:
+                ran = bulk(commands, i, self._spare_run[1])
+                if ran is None:
                     bulk = None
-                elif replies:
-                    i += len(replies)
+                elif ran[0]:
+                    i += ran[0]
+                    replies = ran[1]
+                    if replies is PENDING:
+                        self._pending(self._spare_run[0])
+                        continue
                     encode = self._encode
                     if self._replies:
                         self._replies.extend([[encode(reply)] for reply in replies])
@@ -402,6 +407,18 @@ class NodeProtocol(Protocol):
 
         return slot, respond
 
+    def _run_slot(self) -> tuple[list[Optional[bytes]], Callable[[list[Reply]], None]]:
+        """
+        A place in the reply order for a run of commands' replies, and the
+        callable that fills it.
+        """
+        slot: list[Optional[bytes]] = [None]
+
+        def respond(replies: list[Reply]) -> None:
+            self._fill(replies, slot, many=True)
+
+        return slot, respond
+
     def _run(self, args: list[bytes]) -> None:
         """
         Run one text command. (RESP commands run in L{_process_resp}.)
@@ -432,6 +449,8 @@ class NodeProtocol(Protocol):
             # most replies are ready at once, so a RESP connection uses one
             # slot again until a command keeps it
             self._spare = self._slot()
+        elif slot is self._spare_run[0]:
+            self._spare_run = self._run_slot()
         if slot[0] is not None:  # answered before execute returned
             self._drain()
         elif len(self._replies) >= self.factory.max_pipeline and not self._paused:
@@ -445,14 +464,19 @@ class NodeProtocol(Protocol):
         else:
             self._out.append(data)
 
-    def _fill(self, reply: Reply, slot: list[Optional[bytes]]) -> None:
+    def _fill(self, reply: Reply, slot: list[Optional[bytes]], many: bool = False) -> None:
         if self._lost:
             return
         try:
-            slot[0] = self._encode(reply)
+            if many:
+                slot[0] = b"".join(map(self._encode, reply))  # type: ignore[arg-type]
+            else:
+                slot[0] = self._encode(reply)
         except Exception:
             log.failure("encoding a reply failed")
-            slot[0] = self._encode(ErrorReply("internal error, see the node's log"))
+            # one error per command the slot answers
+            slot[0] = self._encode(ErrorReply("internal error, see the node's log")) * (
+                len(reply) if many else 1)  # type: ignore[arg-type]
         self._drain()
 
     def _drain(self) -> None:

@@ -153,6 +153,32 @@ class Store:
             self._live += 1
         return existed
 
+    def put_all(self, writes: Sequence[tuple[bytes, Optional[bytes]]], version: bytes) -> None:
+        """
+        L{apply} each of C{writes} (C{(key, value or None)} pairs) at
+        C{version}: a committed transaction's writes, in one call.
+        """
+        if len(version) != _VERSION_LEN:
+            raise ValueError(f"a version is {_VERSION_LEN} bytes, got {len(version)}")
+        data = self._data
+        get = data.get
+        live_prefix = version + _LIVE
+        tombstone = version + _TOMBSTONE
+        live = 0
+        for key, value in writes:
+            old = get(key)
+            if old is not None:
+                if old[:_VERSION_LEN] >= version:
+                    continue
+                if old[_VERSION_LEN] == _LIVE_BYTE:
+                    live -= 1
+            if value is None:
+                data[key] = tombstone
+            else:
+                data[key] = live_prefix + value
+                live += 1
+        self._live += live
+
     def items(self) -> Iterator[tuple[bytes, Record]]:
         """
         Every key with its record, tombstones included. Do not change the

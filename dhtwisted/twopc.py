@@ -233,17 +233,23 @@ class Participant:
         return Vote(False, "conflict: key is locked by another write", conflict=True)
 
     def _holder(self, request: _Prepared) -> Optional[_Prepared]:
+        locks = self._locks
+        if not locks:
+            return None
+        get = locks.get
+        txid = request.txid
         for key, _ in request.writes:
-            holder = self._locks.get(key)
-            if holder is not None and holder != request.txid:
+            holder = get(key)
+            if holder is not None and holder != txid:
                 return self._prepared[holder]
         return None
 
     def _lock(self, request: _Prepared) -> Vote:
-        for key, _ in request.writes:
-            self._locks[key] = request.txid
+        keys = [write[0] for write in request.writes]
+        self._locks.update(dict.fromkeys(keys, request.txid))
         self._prepared[request.txid] = request
-        return self._vote_yes(request.writes)
+        newest, existed = self._store.survey(keys)
+        return Vote(True, max_version=newest, existed=existed)
 
     def expire_waiting(self, now: float) -> None:
         """
@@ -299,8 +305,7 @@ class Participant:
         elif writes is None:
             return self._decided.get(txid, (UNKNOWN,))[0] == COMMITTED
         self._clock.observe(version)
-        for key, value in writes:
-            self._store.apply(key, version, value)
+        self._store.put_all(writes, version)
         self._decided[txid] = (COMMITTED, version, self._now())
         return True
 
@@ -321,9 +326,11 @@ class Participant:
         return True
 
     def _unlock(self, txn: _Prepared) -> None:
+        locks = self._locks
+        txid = txn.txid
         for key, _ in txn.writes:
-            if self._locks.get(key) == txn.txid:
-                del self._locks[key]
+            if locks.get(key) == txid:
+                del locks[key]
         if self._waiting:
             self._wake()
 
@@ -443,6 +450,8 @@ class Coordinator:
     :param alone: whether this node is now the only replica of every key
         (a one-node cluster): then L{write_each} and L{read_here} need not
         look up each key's replicas.
+    :param replicas_of: C{replicas_for} of many keys in one call (faster,
+        if given).
     """
 
     def __init__(
@@ -460,13 +469,15 @@ class Coordinator:
         local: Optional[Participant] = None,
         retry_for: float = float("inf"),
         group_bytes: int = 1 << 20,
-        group_size: int = 32,
+        group_size: int = 64,
         alone: Callable[[], bool] = lambda: False,
+        replicas_of: Optional[Callable[[Sequence[bytes]], list[list[str]]]] = None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
         self._reactor = reactor
         self._replicas_for = replicas_for
+        self._replicas_of = replicas_of or (lambda keys: [replicas_for(key) for key in keys])
         self._replica = replica
         self._timeout = rpc_timeout
         self._retries = retries
@@ -481,13 +492,16 @@ class Coordinator:
         self._decisions: dict[str, tuple[Optional[bytes], float]] = {}
         self._redelivery: dict[tuple[str, str], Any] = {}  # (txid, node) -> delayed call
         self._inflight: dict[bytes, _Write] = {}  # key -> this node's write holding it
-        self._queued: list[_Write] = []  # writes waiting for such a key, in order
-        self._queued_keys: dict[bytes, int] = {}  # key -> queued writes of it
+        # writes and reads waiting for such a key, in order
+        self._queued: list[_Operation] = []
+        self._queued_keys: dict[bytes, int] = {}  # key -> queued operations of it
+        self._queued_writes: dict[bytes, int] = {}  # key -> queued writes of it
         self._freed = False  # a key a queued write waits for was freed
         self._holding = 0
         self._finishing = 0  # > 0 while a group's writes finish: see _finished
         self._gathered: list[_Write] = []  # writes to start as one transaction
         self._gathered_bytes = 0
+        self._gathered_writes = 0
         self._start_call: Optional[IDelayedCall] = None
         self._group_bytes = group_bytes
         self._group_size = group_size
@@ -567,9 +581,7 @@ class Coordinator:
         if busy:
             # a write of this node's holds one of the keys, or waits for one:
             # wait behind it here rather than conflict with it at the replicas
-            self._queued.append(txn)
-            for key, _ in items:
-                queued_keys[key] = queued_keys.get(key, 0) + 1
+            self._queue(txn, [key for key, _ in items])
             txn.sync = False
             return PENDING
         for key, _ in items:
@@ -606,6 +618,58 @@ class Coordinator:
         self.stats["commits"] += count
         return count
 
+    def write_run(self, writes: Sequence[Write],
+                  done: Callable[[list[Any]], None]) -> tuple[int, Any]:
+        """
+        Apply each of the first of C{writes} as its own write, in order: a
+        client's pipelined C{SET}s of one key each. They go to the replicas
+        as one transaction (gathered, like L{write}s, with those of the same
+        turn); if that fails with nothing applied, each is tried alone, so
+        that one write's refusal or conflict does not fail the others.
+
+        The run takes writes up to the first whose key a write of this
+        node holds or waits for, or that an earlier write of the run writes,
+        or that has no live replica: that one must go through L{write}.
+
+        :param done: called, if the result is L{PENDING}, with the results.
+        :return: how many writes the run took (fewer than two: none), and
+            their results (for each, C{None} if it committed, else a
+            L{TransactionFailed}), or L{PENDING}.
+        """
+        inflight = self._inflight
+        queued_keys = self._queued_keys
+        taken: set[bytes] = set()
+        plan: dict[str, list[int]] = {}
+        last: Optional[list[str]] = None
+        shares: list[list[int]] = []
+        replicas = self._replicas_of([write[0] for write in writes])
+        for (key, _), nodes in zip(writes, replicas):
+            if key in inflight or key in queued_keys or key in taken or not nodes:
+                break
+            index = len(taken)
+            taken.add(key)
+            if nodes is last:  # the same replicas as the write before (cached)
+                for share in shares:
+                    share.append(index)
+                continue
+            last = nodes
+            shares = []
+            for node in nodes:
+                share = plan.get(node)
+                if share is None:
+                    share = plan[node] = []
+                share.append(index)
+                shares.append(share)
+        count = len(taken)
+        if count < 2:
+            return 0, None
+        run = _Run(self, list(writes[:count]), plan, done)
+        for key, _ in run.writes:
+            inflight[key] = run
+        if self._holding:
+            return count, self._gather(run)
+        return count, run.begin()
+
     def hold(self) -> None:
         """
         Gather the writes that start from now until L{release} (a client's
@@ -631,9 +695,10 @@ class Coordinator:
     def _gather(self, txn: "_Write") -> Any:
         txn.sync = False
         self._gathered.append(txn)
-        self._gathered_bytes += sum(len(k) + len(v or b"") for k, v in txn.writes)
+        self._gathered_writes += len(txn.writes)
+        self._gathered_bytes += sum([len(k) + len(v or b"") for k, v in txn.writes])
         if (self._gathered_bytes >= self._group_bytes
-                or len(self._gathered) >= self._group_size):
+                or self._gathered_writes >= self._group_size):
             self._start_gathered()
         return PENDING
 
@@ -644,6 +709,7 @@ class Coordinator:
             self._start_call = None
         gathered, self._gathered = self._gathered, []
         self._gathered_bytes = 0
+        self._gathered_writes = 0
         if len(gathered) == 1:
             gathered[0].begin()
         elif gathered:
@@ -657,24 +723,38 @@ class Coordinator:
         self._freed = False
         inflight = self._inflight
         queued_keys = self._queued_keys
+        queued_writes = self._queued_writes
         blocked: set[bytes] = set()
         waiting = []
         ready = []
+        reads = []
         for txn in self._queued:
-            keys = [key for key, _ in txn.writes]
+            is_read = type(txn) is _Read
+            keys = txn.waits_for if is_read else [key for key, _ in txn.writes]  # type: ignore
             if any(key in inflight or key in blocked for key in keys):
                 blocked.update(keys)
                 waiting.append(txn)
-            else:
-                for key in keys:
-                    inflight[key] = txn
-                    count = queued_keys[key] - 1
+                continue
+            for key in keys:
+                count = queued_keys[key] - 1
+                if count:
+                    queued_keys[key] = count
+                else:
+                    del queued_keys[key]
+                if not is_read:
+                    inflight[key] = txn  # type: ignore[assignment]
+                    count = queued_writes[key] - 1
                     if count:
-                        queued_keys[key] = count
+                        queued_writes[key] = count
                     else:
-                        del queued_keys[key]
+                        del queued_writes[key]
+            if is_read:
+                reads.append(txn)
+            else:
                 ready.append(txn)
         self._queued = waiting
+        for read in reads:
+            read.start()
         if not ready:
             return
         if len(ready) == 1 and not self._holding:
@@ -748,12 +828,49 @@ class Coordinator:
         :return: the values, or L{PENDING}.
         :raise TransactionFailed: if no replica answered.
         """
+        if self._inflight or self._queued_writes:
+            busy = self._busy(keys)
+            if busy:
+                # after this node's writes of its keys that started before:
+                # a client's pipelined GET sees the SET it sent first
+                read = _Read(self, list(keys), quorum, done)
+                read.sync = False
+                read.waits_for = busy
+                self._queue(read, busy)
+                return PENDING
         if quorum == 1:
             values = self.read_here(keys)
             if len(values) == len(keys):
                 # this node is a replica of every key and holds them all: no network
                 return values
         return _Read(self, list(keys), quorum, done).begin()
+
+    def _busy(self, keys: Sequence[bytes]) -> list[bytes]:
+        """
+        The distinct C{keys}, if a write of this node holds or waits for
+        one of them; else none.
+        """
+        inflight = self._inflight
+        queued_writes = self._queued_writes
+        for key in keys:
+            if key in inflight or key in queued_writes:
+                return list(dict.fromkeys(keys))
+        return []
+
+    def _queue(self, operation: "_Operation", keys: list[bytes]) -> None:
+        """
+        Start C{operation} once no write of this node that came before
+        holds or waits for one of its (distinct) C{keys}.
+        """
+        self._queued.append(operation)
+        queued_keys = self._queued_keys
+        for key in keys:
+            queued_keys[key] = queued_keys.get(key, 0) + 1
+        if type(operation) is not _Read:
+            # what a read must wait for (a read need not wait for a read)
+            queued_writes = self._queued_writes
+            for key in keys:
+                queued_writes[key] = queued_writes.get(key, 0) + 1
 
     def read_here(self, keys: Sequence[bytes]) -> list[Optional[bytes]]:
         """
@@ -769,7 +886,10 @@ class Coordinator:
         me = self._node_id
         lookup = local.store.lookup
         everywhere = self._alone()
+        busy = self._inflight or self._queued_writes
         for key in keys:
+            if busy and (key in self._inflight or key in self._queued_writes):
+                break  # a write of it is under way: read after it (see read)
             if not everywhere and me not in self._replicas_for(key):
                 break
             value = lookup(key)
@@ -812,6 +932,9 @@ class _Write(_Operation):
     """
     One write command's transaction, tried again on lock conflicts.
     """
+
+    #: Its result tells which keys had a value before (from the votes).
+    needs_existed = True
 
     def __init__(self, c: Coordinator, writes: list[Write], plan: dict[str, list[int]],
                  done: Answer) -> None:
@@ -908,9 +1031,10 @@ class _Write(_Operation):
         c._decisions.pop(self.txid, None)
         c.stats["commits"] += 1
         existed = [False] * len(self.writes)
-        for node, indexes in self.plan.items():
-            for index, flag in zip(indexes, self.votes[node].existed):
-                existed[index] = existed[index] or flag
+        if self.needs_existed:
+            for node, indexes in self.plan.items():
+                for index, flag in zip(indexes, self.votes[node].existed):
+                    existed[index] = existed[index] or flag
         self.finish(existed)
 
     def _aborted(self, node: str, result: Any) -> None:
@@ -965,6 +1089,7 @@ class _Group(_Write):
                 plan.setdefault(node, []).extend(i + offset for i in indexes)
         super().__init__(c, writes, plan, lambda outcome: None)
         self.members = members
+        self.needs_existed = any(member.needs_existed for member in members)
         self.priority = min(member.priority for member in members)
         # lock conflicts try the whole group again, twice (at its oldest
         # member's priority, so it soon waits rather than dies); then, or
@@ -993,6 +1118,66 @@ class _Group(_Write):
             c._start_queued()
 
 
+class _Run(_Write):
+    """
+    A run of single-key writes from one client, each its own command, as
+    one transaction (see L{Coordinator.write_run}). Its keys are distinct.
+    It finishes with a result per write: C{None} (committed) or an
+    exception.
+    """
+
+    needs_existed = False
+
+    def __init__(self, c: Coordinator, writes: list[Write], plan: dict[str, list[int]],
+                 done: Answer) -> None:
+        super().__init__(c, writes, plan, done)
+        # as a group: conflicts try the run again whole, then write by write
+        self.attempt = max(0, c._retries - GROUP_RETRIES)
+        self.alone = False  # it ran as its own transaction (not in a _Group)
+        self.results: list[Any] = []
+        self.left = 0
+
+    def start(self) -> None:
+        self.alone = True
+        super().start()
+
+    def finish(self, outcome: Any) -> None:
+        if isinstance(outcome, Exception):
+            if self.alone and not self.committed:
+                self._split()
+                return
+            # committed, not confirmed everywhere: so is each write
+            results = [outcome] * len(self.writes)
+        else:
+            results = [None] * len(self.writes)
+        self.c._finished(self)
+        _Operation.finish(self, results)
+
+    def _split(self) -> None:
+        """
+        Nothing applied: try each write alone.
+        """
+        c = self.c
+        inflight = c._inflight
+        self.results = [None] * len(self.writes)
+        self.left = len(self.writes)
+        members = []
+        for index, write in enumerate(self.writes):
+            member = _Write(c, [write], {}, partial(self._member_done, index))
+            member.priority = self.priority  # it keeps its age
+            member.sync = False
+            inflight[write[0]] = member
+            members.append(member)
+        for member in members:
+            member._retry()
+
+    def _member_done(self, index: int, outcome: Any) -> None:
+        self.results[index] = outcome if isinstance(outcome, Exception) else None
+        self.left -= 1
+        if not self.left:
+            _Operation.finish(self, self.results)
+
+
 class _Read(_Operation):
     """
     One read command: a L{_ReadGroup} per set of keys with the same replicas.
@@ -1004,6 +1189,7 @@ class _Read(_Operation):
         self.keys = keys
         self.quorum = quorum
         self.values: list[Optional[bytes]] = [None] * len(keys)
+        self.waits_for: list[bytes] = []  # the distinct keys, while queued
         self.pending = 0
         self.error: Optional[Exception] = None
 

@@ -7,7 +7,7 @@ types. The only importer of the generated module.
 from __future__ import annotations
 
 import struct
-from typing import Any, Optional
+from typing import Optional
 
 from ._proto import dht_pb2
 from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: The version of the peer protocol; a peer with another one is refused.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: What a peer link starts with: the magic (see L{dhtwisted.server.PEER_MAGIC})
 #: and the protocol version.
 MAGIC = b"\x00DHT"
@@ -117,25 +117,33 @@ def vote_from_pb(pb: dht_pb2.Vote) -> Vote:
     return Vote(pb.yes, pb.reason, pb.conflict, pb.max_version, tuple(pb.existed))
 
 
-def writes_to_pb(writes: list[Write], out: Any) -> None:
+def writes_to_pb(writes: list[Write], out: dht_pb2.Writes) -> None:
     """
-    Add C{writes} (C{(key, value or None)} pairs) to a repeated C{Write}
-    field.
+    Fill C{out} with C{writes} (C{(key, value or None)} pairs).
     """
-    for key, value in writes:
-        w = out.add()
-        w.key = key
-        if value is None:
-            w.delete = True
-        else:
-            w.value = value
+    out.keys.extend([write[0] for write in writes])
+    values = [write[1] for write in writes]
+    if None in values:
+        out.deletes.extend([i for i, value in enumerate(values) if value is None])
+        values = [b"" if value is None else value for value in values]
+    out.values.extend(values)
 
 
-def writes_from_pb(pb_writes: Any) -> list[Write]:
+def writes_from_pb(pb: dht_pb2.Writes) -> list[Write]:
     """
-    A repeated C{Write} field as C{(key, value or None)} pairs.
+    Packed writes as C{(key, value or None)} pairs.
+
+    :raises ValueError: if keys and values do not pair up.
     """
-    return [(w.key, None if w.delete else w.value) for w in pb_writes]
+    keys = pb.keys
+    values: list[Optional[bytes]] = list(pb.values)
+    if len(values) != len(keys):
+        raise ValueError(f"{len(keys)} keys but {len(values)} values")
+    for index in pb.deletes:
+        if index >= len(values):
+            raise ValueError(f"delete of write {index} of {len(values)}")
+        values[index] = None
+    return list(zip(keys, values))
 
 
 _STATE_TO_PB = {UNKNOWN: TxnStatus.UNKNOWN, PREPARED: TxnStatus.PREPARED,

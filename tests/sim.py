@@ -38,6 +38,7 @@ from dhtwisted.config import Address, default_config
 from dhtwisted.node import DHTNode
 from dhtwisted.peer import PeerFactory, PeerProtocol
 from dhtwisted.quoting import unquote_reply
+from dhtwisted.resp import encode_array
 
 FAULTS = ("drop", "delay", "reorder", "duplicate", "partition", "crash", "restart",
           "pause", "skew", "slow")
@@ -396,49 +397,84 @@ class Op:
 
 class Client:
     """
-    A client talking to one node at a time through its client protocol.
+    A client talking to one node at a time through its client protocol:
+    one text command, or a RESP pipeline of several (each its own
+    operation in the history) sent in one piece.
     """
 
     def __init__(self, sim: "Simulation", index: int) -> None:
         self.sim = sim
         self.index = index
-        self.op: Optional[Op] = None
+        self.ops: list[Op] = []
+        self.resp = False
         self.transport: Any = None
         self.proto: Any = None
         self.node: Optional[str] = None
         self.next_at = 0.0
 
-    def start(self, op: Op, node: DHTNode) -> None:
-        self.op = op
+    @property
+    def op(self) -> Optional[Op]:
+        """
+        The first operation still waiting for its reply.
+        """
+        return self.ops[0] if self.ops else None
+
+    def start(self, ops: list[Op], node: DHTNode) -> None:
+        self.ops = list(ops)
+        self.resp = len(ops) > 1
         self.node = node.node_id
         self.transport = StringTransportWithDisconnection()
         self.proto = node.factory.buildProtocol(None)
         self.transport.protocol = self.proto
         self.proto.makeConnection(self.transport)
-        self.proto.dataReceived(op.line() + b"\n")
+        if self.resp:
+            self.proto.dataReceived(b"".join(encode_array(op.line().split(b" "))
+                                             for op in ops))
+        else:
+            self.proto.dataReceived(ops[0].line() + b"\n")
 
     def poll(self, now: float) -> None:
-        op = self.op
-        if op is None:
+        if not self.ops:
             return
-        out = self.transport.value()
-        expected = len(op.keys) if op.kind == "mget" else 1
-        lines = out.split(b"\r\n")[:-1]
-        if len(lines) >= expected:
-            self.finish(op, lines[:expected], now)
-        elif now - op.invoked > self.sim.op_timeout or self.node in self.sim.net.down:
-            op.outcome = "unknown" if op.writes else "error"
-            op.completed = None
+        replies = self._replies()
+        if len(replies) >= len(self.ops):
+            for op, lines in zip(self.ops, replies):
+                op.settle(lines, now)
+            self.end()
+        elif now - self.ops[0].invoked > self.sim.op_timeout or self.node in self.sim.net.down:
+            for op in self.ops:
+                op.outcome = "unknown" if op.writes else "error"
+                op.completed = None
             self.end()
 
-    def finish(self, op: Op, lines: list[bytes], now: float) -> None:
-        op.settle(lines, now)
-        self.end()
+    def _replies(self) -> list[list[bytes]]:
+        """
+        The replies that came, each as the lines of a text reply.
+        """
+        lines = self.transport.value().split(b"\r\n")[:-1]
+        if not self.resp:
+            op = self.ops[0]
+            expected = len(op.keys) if op.kind == "mget" else 1
+            return [lines[:expected]] if len(lines) >= expected else []
+        replies: list[list[bytes]] = []
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if line[:1] == b"$" and line != b"$-1":  # a value on the next line
+                if i + 1 >= len(lines):
+                    break
+                replies.append([lines[i + 1]])
+                i += 2
+                continue
+            # +OK, -ERR, (nil), :count; the node's values need no quoting
+            replies.append([{b"+OK": b"ok", b"$-1": b"(nil)"}.get(line, line[1:])])
+            i += 1
+        return replies
 
     def end(self) -> None:
         if self.proto is not None and self.transport.connected:
             self.transport.loseConnection()
-        self.op = None
+        self.ops = []
         self.next_at = self.sim.clock.seconds() + self.sim.rng.uniform(0.0, 0.3)
 
 
@@ -581,11 +617,19 @@ class Simulation:
         if not up:
             return
         node = self.rng.choice(up)
-        self.ops += 1
-        op = Op.random(self.rng, self.ops, client.index, node.node_id, self.keys,
-                       self.clock.seconds())
-        self.history.append(op)
-        client.start(op, node)
+        ops = []
+        # a third of the time a pipeline of SETs and GETs, sent in one piece
+        # (RESP): the node runs such SETs as one transaction
+        size = self.rng.choice([1, 1, 1, 1, 2, 3, 5])
+        while len(ops) < size:
+            self.ops += 1
+            op = Op.random(self.rng, self.ops, client.index, node.node_id, self.keys,
+                           self.clock.seconds())
+            if size > 1 and op.kind not in ("set", "get"):
+                continue
+            ops.append(op)
+        self.history.extend(ops)
+        client.start(ops, node)
 
     # -- the run
 

@@ -5,10 +5,13 @@ failure detection, 2PC across nodes, reads and stabilization.
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from .cluster import Cluster, ClusterClient
+from .test_resp import resp
 
 
 class MembershipTests(SynchronousTestCase):
@@ -138,6 +141,62 @@ class ReplicationTests(SynchronousTestCase):
         for key in keys[1:]:
             self.assertEqual(set(self.cluster.holders(key).values()), {b"v" + key})
         self.assertEqual(set(self.cluster.holders(b"p0").values()), {None})
+
+    def test_pipelined_resp_sets_run_together(self) -> None:
+        """
+        RESP SETs pipelined in one read go to the replicas as one
+        transaction and answer one by one; a SET one replica refuses (its
+        max_value is smaller) fails alone, and is applied nowhere.
+        """
+        node = self.cluster.nodes[1]
+        c = self.cluster.client(1)
+        keys = [b"r%d" % i for i in range(10)]
+        refuser = next(n for n in self.cluster.nodes
+                       if n.node_id in node.replicas_for(b"big") and n is not node)
+        refuser.config = dataclasses.replace(refuser.config, max_value=100)
+        before = node.coordinator.stats["commits"]
+        sets = [resp(b"SET", k, b"v" + k) for k in keys[:5]]
+        sets += [resp(b"SET", b"big", b"x" * 200)]
+        sets += [resp(b"SET", k, b"v" + k) for k in keys[5:]]
+        c.protocol.dataReceived(b"".join(sets))
+        self.cluster.run(2)
+        reply = c.take()
+        self.assertEqual(reply.split(b"\r\n")[5:6], [b"-ERR write aborted, nothing applied "
+                                                    b"(replica %s: value larger than its "
+                                                    b"max_value)" % refuser.node_id.encode()])
+        self.assertEqual(reply.count(b"+OK\r\n"), 10)
+        self.assertTrue(reply.startswith(b"+OK\r\n" * 5), reply)
+        self.assertTrue(reply.endswith(b"+OK\r\n" * 5), reply)
+        for key in keys:
+            self.assertEqual(set(self.cluster.holders(key).values()), {b"v" + key})
+        self.assertEqual(self.cluster.holders(b"big"), {})
+        # one try of all eleven, then each alone
+        self.assertEqual(node.coordinator.stats["commits"] - before, 10)
+        c.protocol.dataReceived(b"".join(resp(b"SET", k, b"w") for k in keys))
+        self.cluster.run(1)
+        self.assertEqual(c.take(), b"+OK\r\n" * 10)
+        self.assertEqual(node.coordinator.stats["commits"] - before, 11)
+
+    def test_pipelined_get_sees_pipelined_set(self) -> None:
+        """
+        A GET pipelined after a SET of its key (in one read or not, RESP
+        or text) answers what the SET wrote, on every node; so does MGET.
+        """
+        for i, node in enumerate(self.cluster.nodes):
+            c = self.cluster.client(i)
+            keys = [b"s%d-%d" % (i, j) for j in range(6)]
+            c.protocol.dataReceived(
+                b"".join(resp(b"SET", k, b"1") for k in keys)
+                + b"".join(resp(b"GET", k) for k in keys)
+                + resp(b"SET", keys[0], b"2") + resp(b"MGET", keys[0], keys[1])
+                + resp(b"SET", keys[0], b"3"))
+            self.cluster.run(1)
+            self.assertEqual(c.take(), b"+OK\r\n" * 6 + b"$1\r\n1\r\n" * 6 + b"+OK\r\n"
+                             + b"*2\r\n$1\r\n2\r\n$1\r\n1\r\n+OK\r\n")
+            text = self.cluster.client(i)
+            text.protocol.dataReceived(b"set t%d a\nget t%d\nset t%d b\nget t%d\n" % ((i,) * 4))
+            self.cluster.run(1)
+            self.assertEqual(text.take(), b"ok\r\na\r\nok\r\nb\r\n")
 
     def test_replica_down_write_fails_nothing_applied(self) -> None:
         """

@@ -148,14 +148,16 @@ def envelopes(draw: st.DrawFn) -> bytes:
     elif kind == "prepare":
         env.prepare.txid = draw(st.text(max_size=10))
         env.prepare.coordinator = draw(st.text(max_size=5))
-        for key, value, delete in draw(st.lists(st.tuples(small, small, st.booleans()),
-                                                max_size=4)):
-            env.prepare.writes.add(key=key, value=value, delete=delete)
+        # keys and values that may not pair up, deletes that may point nowhere
+        env.prepare.writes.keys.extend(draw(st.lists(small, max_size=4)))
+        env.prepare.writes.values.extend(draw(st.lists(small, max_size=4)))
+        env.prepare.writes.deletes.extend(draw(st.lists(st.integers(0, 5), max_size=2)))
     elif kind == "commit":
         env.commit.txid = draw(st.text(max_size=10))
         env.commit.version = draw(st.binary(max_size=16))
-        for key, value in draw(st.lists(st.tuples(small, small), max_size=3)):
-            env.commit.writes.add(key=key, value=value)
+        if draw(st.booleans()):
+            env.commit.writes.keys.extend(draw(st.lists(small, max_size=3)))
+            env.commit.writes.values.extend(draw(st.lists(small, max_size=3)))
     elif kind == "abort":
         env.abort.txid = draw(st.text(max_size=10))
     elif kind == "txn_query":

@@ -25,7 +25,14 @@ from dhtwisted.peer import (
     PeerProtocol,
     PeerUnavailable,
 )
-from dhtwisted.wire import PREAMBLE, Envelope, Frame, member_from_pb, member_to_pb
+from dhtwisted.wire import (
+    PREAMBLE,
+    PROTOCOL_VERSION,
+    Envelope,
+    Frame,
+    member_from_pb,
+    member_to_pb,
+)
 
 RPC_TIMEOUT = 5.0
 MAX_FRAME = 1024
@@ -458,11 +465,20 @@ class BadInputTests(SynchronousTestCase):
         self.hello = PREAMBLE + framed(hello_from(Member("a", "127.0.0.1:9001", (100,), 1)))
 
     def accepting(self) -> tuple[PeerProtocol, StringTransportWithDisconnection]:
-        proto = link(self.node, Clock(), dialer=False)
+        self.clock = Clock()
+        proto = link(self.node, self.clock, dialer=False)
         transport = StringTransportWithDisconnection()
         transport.protocol = proto
         proto.makeConnection(transport)
         return proto, transport
+
+    def sent(self, transport: StringTransportWithDisconnection) -> bytes:
+        """
+        What C{transport} was sent, once the reactor's turn ended (a link
+        sends what it queued in a turn together).
+        """
+        transport.protocol.clock.advance(0)
+        return transport.value()
 
     def assertClosedUnanswered(self) -> None:
         self.assertFalse(self.transport.connected)
@@ -475,7 +491,7 @@ class BadInputTests(SynchronousTestCase):
         """
         self.proto.dataReceived(self.hello)
         self.assertTrue(self.transport.connected)
-        [reply] = frames_in(self.transport.value())
+        [reply] = frames_in(self.sent(self.transport))
         self.assertTrue(reply.reply)
         self.assertEqual(reply.request_id, 1)
         self.assertEqual(member_from_pb(reply.welcome.member), self.node.member)
@@ -491,7 +507,7 @@ class BadInputTests(SynchronousTestCase):
         whole, transport = self.accepting()
         whole.dataReceived(self.hello)
         self.assertTrue(self.transport.connected)
-        self.assertEqual(self.transport.value(), transport.value())
+        self.assertEqual(self.sent(self.transport), self.sent(transport))
         self.assertEqual(frames_in(self.transport.value())[0].WhichOneof("body"), "welcome")
         self.assertEqual(self.node.events, [("hello", "a"), ("hello", "a")])
 
@@ -499,7 +515,7 @@ class BadInputTests(SynchronousTestCase):
         """
         A preamble with another protocol version closes the link without an answer.
         """
-        other = PREAMBLE[:4] + struct.pack(">H", 2)
+        other = PREAMBLE[:4] + struct.pack(">H", PROTOCOL_VERSION + 1)
         self.proto.dataReceived(other + self.hello[len(PREAMBLE) :])
         self.assertClosedUnanswered()
 
@@ -507,7 +523,7 @@ class BadInputTests(SynchronousTestCase):
         """
         A wrong version fed byte by byte closes the link as soon as the version byte is seen.
         """
-        other = PREAMBLE[:4] + struct.pack(">H", 2)
+        other = PREAMBLE[:4] + struct.pack(">H", PROTOCOL_VERSION + 1)
         for i in range(len(other)):
             self.proto.dataReceived(other[i : i + 1])
         self.assertClosedUnanswered()
@@ -537,7 +553,7 @@ class BadInputTests(SynchronousTestCase):
         self.assertEqual(len(framed(hello)) - 4, MAX_FRAME)
         self.proto.dataReceived(PREAMBLE + framed(hello))
         self.assertTrue(self.transport.connected)
-        self.assertEqual(frames_in(self.transport.value())[0].WhichOneof("body"), "welcome")
+        self.assertEqual(frames_in(self.sent(self.transport))[0].WhichOneof("body"), "welcome")
 
     def test_undecodable_frame(self) -> None:
         """

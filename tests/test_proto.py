@@ -11,6 +11,8 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from dhtwisted.wire import writes_from_pb, writes_to_pb
+
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
@@ -46,7 +48,19 @@ class GeneratedCodeTests(SynchronousTestCase):
         frame = dht_pb2.Frame()
         env = frame.envelopes.add(request_id=7)
         env.prepare.txid = "a:1:2"
-        env.prepare.writes.add(key=b"k", value=b"\x00v")
+        writes = [(b"k", b"\x00v"), (b"gone", None), (b"", b"")]
+        writes_to_pb(writes, env.prepare.writes)
         decoded = dht_pb2.Frame.FromString(frame.SerializeToString())
         self.assertEqual(decoded.envelopes[0].WhichOneof("body"), "prepare")
-        self.assertEqual(decoded.envelopes[0].prepare.writes[0].value, b"\x00v")
+        self.assertEqual(writes_from_pb(decoded.envelopes[0].prepare.writes), writes)
+
+    def test_writes_that_do_not_pair_up(self) -> None:
+        """
+        Packed writes whose keys and values differ in number, or that
+        delete a write that is not there, are refused.
+        """
+        from dhtwisted._proto import dht_pb2
+
+        for keys, values, deletes in [([b"a", b"b"], [b"1"], []), ([b"a"], [b""], [1])]:
+            pb = dht_pb2.Writes(keys=keys, values=values, deletes=deletes)
+            self.assertRaises(ValueError, writes_from_pb, pb)

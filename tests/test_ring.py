@@ -218,6 +218,26 @@ class PreferenceListTests(SynchronousTestCase):
         self.assertEqual(nodes[0], owners[tokens[i]])
 
 
+    @_FEW
+    @given(_NODES, st.integers(1, 4), st.lists(st.binary(max_size=16), max_size=20),
+           st.integers(1, 6))
+    def test_preference_lists(
+        self, ring_ids: dict[str, int], vnodes: int, keys: list[bytes], n: int
+    ) -> None:
+        """
+        preference_lists gives each key its preference_list.
+        """
+        ring = make_ring(ring_ids, vnodes)
+        self.assertEqual(ring.preference_lists(keys, n),
+                         [ring.preference_list(key, n) for key in keys])
+
+    def test_preference_lists_empty_ring(self) -> None:
+        """
+        On an empty ring every key has no replica.
+        """
+        self.assertEqual(Ring({}, RING).preference_lists([b"a", b"b"], 3), [[], []])
+
+
 class BalanceTests(SynchronousTestCase):
     """
     Load is spread evenly, and joins move few keys.

@@ -519,6 +519,23 @@ class AloneTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), [False])
         self.assertEqual(self.replica.store.get(b"k").value, b"v")
 
+    def test_read_here_stops_at_a_write_under_way(self) -> None:
+        """
+        C{read_here} (a one-node cluster's pipelined GETs) stops at a key
+        whose write waits for a lock: the read after it answers what the
+        write wrote.
+        """
+        participant = self.replica.participant
+        self.coordinator.write([(b"k", b"old"), (b"j", b"1")], print)
+        participant.prepare("young", [(b"k", b"x")], ["a"], 2000, "b", priority=b"\xff" * 12)
+        write = deferred(self.coordinator.write, [(b"k", b"new")])
+        self.assertEqual(self.coordinator.read_here([b"j", b"k", b"j"]), [b"1"])
+        read = deferred(self.coordinator.read, [b"k"])
+        self.assertNoResult(read)
+        participant.abort("young")
+        self.successResultOf(write)
+        self.assertEqual(self.successResultOf(read), [b"new"])
+
     def test_write_each_and_read_here(self) -> None:
         """
         C{write_each} commits writes in order, each at its own version, up
@@ -718,3 +735,149 @@ class GroupTests(ThreeReplicasCase):
         self.failureResultOf(bad, TransactionFailed)
         self.assertEqual(self.values(b"good"), [b"1"] * 3)
         self.assertEqual(self.values(b"bad"), [None] * 3)
+
+
+class RunTests(ThreeReplicasCase):
+    """
+    A client's pipelined single-key writes as one run (L{Coordinator.write_run}):
+    one transaction, each write still answered on its own.
+    """
+
+    options = {"retries": 2}
+
+    def run_writes(self, writes: list) -> tuple[int, list]:
+        """
+        C{write_run(writes)}, settled: how many it took, and their results.
+        """
+        got: list = []
+        count, results = self.coordinator.write_run(writes, got.append)
+        if results is PENDING:
+            self.assertEqual(got, [])
+            return count, got
+        return count, [results]
+
+    def test_one_transaction(self) -> None:
+        """
+        The writes of a run go to each replica in one prepare and one
+        commit; each commits, at one version.
+        """
+        writes = [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")]
+        self.assertEqual(self.run_writes(writes), (3, [[None] * 3]))
+        self.assertEqual([w for _, w, _ in self.events], ["prepare"] * 3 + ["commit"] * 3)
+        for key, value in writes:
+            self.assertEqual(self.values(key), [value] * 3)
+        self.assertEqual(self.coordinator.stats["commits"], 1)
+
+    def test_stops_at_a_busy_or_repeated_key(self) -> None:
+        """
+        A run ends before a key an earlier write of the run writes, or one
+        a write of this node holds; fewer than two writes are no run.
+        """
+        self.assertEqual(self.run_writes([(b"a", b"1"), (b"b", b"1"), (b"a", b"2")])[0], 2)
+        self.replicas["b"].hung = True
+        held = self.write([(b"k", b"1")])
+        self.replicas["b"].hung = False
+        self.assertEqual(self.coordinator.write_run([(b"x", b"1"), (b"k", b"2")], print),
+                         (0, None))
+        self.assertEqual(self.run_writes([(b"x", b"1"), (b"y", b"1"), (b"k", b"2")])[0], 2)
+        self.clock.advance(RPC_TIMEOUT * 2)
+        self.failureResultOf(held, TransactionFailed)
+
+    def test_refused_write_fails_alone(self) -> None:
+        """
+        When the run's transaction keeps meeting a lock held elsewhere, it
+        is tried again whole, then write by write: the others commit, the
+        blocked one fails; nothing of it is applied.
+        """
+        self.replicas["c"].participant.prepare("older", [(b"bad", b"x")], ["c"], 2000,
+                                               "z", priority=b"\x00" * 12)
+        count, results = self.run_writes([(b"good", b"1"), (b"bad", b"1"), (b"fine", b"1")])
+        self.assertEqual(count, 3)
+        for _ in range(GROUP_RETRIES):
+            self.clock.advance(0.1)  # the longest pause before a retry
+        self.assertEqual(results, [])  # the blocked write still waits
+        self.assertEqual(self.values(b"good"), [b"1"] * 3)
+        self.assertEqual(self.values(b"fine"), [b"1"] * 3)
+        for _ in range(30):
+            self.clock.advance(0.1)
+        [[good, bad, fine]] = results
+        self.assertEqual((good, fine), (None, None))
+        self.assertIsInstance(bad, TransactionFailed)
+        self.assertEqual(self.values(b"bad"), [None] * 3)
+
+    def test_unconfirmed_commit(self) -> None:
+        """
+        A run committed but not confirmed by a replica says so for each
+        write: none is told it failed, none that all is well.
+        """
+        replica = self.replicas["c"]
+        replica.commit = lambda txid, version, writes, answer: answer(  # type: ignore
+            ConnectionError("c lost"))
+        count, results = self.run_writes([(b"a", b"1"), (b"b", b"2")])
+        self.assertEqual(count, 2)
+        [[first, second]] = results
+        self.assertIs(first, second)
+        self.assertIn("committed but not confirmed", first.reason)
+        self.assertEqual(self.values(b"a")[:2], [b"1"] * 2)
+        self.coordinator.stop()
+
+    def test_in_a_group(self) -> None:
+        """
+        Runs and writes held together go as one transaction; each run
+        answers once, for all its writes.
+        """
+        self.coordinator.hold()
+        first: list = []
+        second: list = []
+        self.assertEqual(self.coordinator.write_run([(b"a", b"1"), (b"b", b"1")], first.append),
+                         (2, PENDING))
+        single = self.write([(b"c", None)])
+        self.assertEqual(
+            self.coordinator.write_run([(b"d", b"1"), (b"e", b"1")], second.append),
+            (2, PENDING))
+        self.coordinator.release()
+        self.clock.advance(0)
+        self.assertEqual((first, second), ([[None, None]], [[None, None]]))
+        self.assertEqual(self.successResultOf(single), [False])
+        self.assertEqual([w for _, w, _ in self.events], ["prepare"] * 3 + ["commit"] * 3)
+
+
+class ReadAfterWriteTests(ThreeReplicasCase):
+    """
+    A read waits for this node's writes of its keys that came before it,
+    as a client's pipelined GET after a SET must see it.
+    """
+
+    def test_read_waits_for_the_write(self) -> None:
+        """
+        A read of a key whose write is under way answers once the write
+        is over, with what it wrote; a read of other keys does not wait.
+        """
+        self.successResultOf(self.write([(b"k", b"old")]))
+        self.coordinator.hold()  # the write starts at the end of the turn
+        write = self.write([(b"k", b"new")])
+        read = self.read([b"k", b"k", b"j"])
+        other = self.read([b"j"])
+        later = self.write([(b"k", b"newer")])
+        self.coordinator.release()
+        self.assertEqual(self.successResultOf(other), [None])
+        self.assertNoResult(read)
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(write), [True])
+        self.assertEqual(self.successResultOf(read), [b"new", b"new", None])
+        self.assertEqual(self.successResultOf(later), [True])
+        self.assertEqual(self.values(b"k"), [b"newer"] * 3)
+
+    def test_read_after_failed_write(self) -> None:
+        """
+        A read that waited for a write that failed reads what is there.
+        """
+        self.successResultOf(self.write([(b"k", b"old")]))
+        self.replicas["b"].hung = True
+        write = self.write([(b"k", b"new")])
+        self.replicas["b"].hung = False
+        read = self.read([b"k"])
+        self.assertNoResult(read)
+        self.clock.advance(RPC_TIMEOUT * 2)
+        self.failureResultOf(write, TransactionFailed)
+        self.assertEqual(self.successResultOf(read), [b"old"])
