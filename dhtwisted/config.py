@@ -221,6 +221,10 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("timers", "stabilize_interval", _parse_float, "5.0",
             "seconds between stabilization rounds that push keys to their owners",
             low=0.01, high=3600),
+    Setting("timers", "full_pass_interval", _parse_float, "300.0",
+            "seconds between full passes that push every record to its other owners even "
+            "when nothing changed (a safety net: a membership change starts one at once)",
+            low=0.01, high=7 * 86400),
     Setting("timers", "rpc_timeout", _parse_float, "5.0",
             "seconds a request to a peer may take before it counts as failed",
             low=0.001, high=600),
@@ -277,6 +281,7 @@ class NodeConfig:
     read_quorum: int
     vnodes: int
     stabilize_interval: float
+    full_pass_interval: float
     rpc_timeout: float
     txn_timeout: float
     leave_timeout: float

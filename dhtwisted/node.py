@@ -72,8 +72,6 @@ log = Logger()
 
 #: Records per push message, and per slice of a stabilization pass.
 PUSH_BATCH = 500
-#: Every this many stabilization rounds, a full pass runs even if nothing changed.
-FULL_PASS_EVERY = 6
 #: How many times a write that met a lock conflict is tried again (within
 #: rpc_timeout of its start).
 RETRIES = 100
@@ -150,7 +148,7 @@ class DHTNode(MultiService):
         self._resolving: set[str] = set()
         # this node holds records it does not own: the next round hands them over
         self._holds_foreign = False
-        self._rounds = 0
+        self._full_pass_at = reactor.seconds()
         self._stable_version = -1
         self.stats = {"gossip_rounds": 0, "pushed": 0, "handed_off": 0, "resolved": 0}
         self.port: Optional[IListeningPort] = None
@@ -679,15 +677,16 @@ class DHTNode(MultiService):
         """
         One stabilization round (push-based): when the ring changed since
         the last complete pass, when this node holds keys it does not own,
-        or every L{FULL_PASS_EVERY} rounds, push every record to the other
-        owners of its key, in slices, and drop records this node does not
-        own once all their owners have them.
+        or every C{full_pass_interval} anyway, push every record to the
+        other owners of its key, in slices, and drop records this node does
+        not own once all their owners have them.
         """
-        self._rounds += 1
         version = self.membership.version
+        now = self.reactor.seconds()
         if (version == self._stable_version and not self._holds_foreign
-                and self._rounds % FULL_PASS_EVERY):
+                and now - self._full_pass_at < self.config.full_pass_interval):
             return succeed(None)
+        self._full_pass_at = now
         return Deferred.fromCoroutine(self._stabilize_pass(version)).addErrback(
             lambda f: log.failure("stabilization failed", f)
         )

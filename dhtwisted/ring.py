@@ -66,6 +66,7 @@ class Ring:
         self._alone = list(self.nodes) if len(self.nodes) == 1 else None
         # n -> for each start index into _tokens, the first n nodes from it
         self._walks: dict[int, list[Optional[list[str]]]] = {}
+        self._lists: dict[tuple[str, ...], list[str]] = {}
 
     def __len__(self) -> int:
         """
@@ -93,7 +94,7 @@ class Ring:
     def preference_lists(self, keys: Iterable[bytes], n: int) -> list[list[str]]:
         """
         L{preference_list} of each of C{keys}, in one call. Keys with the
-        same replicas get the same list object.
+        same replicas, in the same order, get the same list object.
         """
         if self._alone is not None:
             return [self._alone for _ in keys]
@@ -134,6 +135,8 @@ class Ring:
                 found.append(node)
                 if len(found) == n:
                     break
+        # one list object per distinct list: callers may group keys by it
+        found = self._lists.setdefault(tuple(found), found)
         walks[start] = found
         return found
 

@@ -366,11 +366,10 @@ class NodeProtocol(Protocol):
                     if replies is PENDING:
                         self._pending(self._spare_run[0])
                         continue
-                    encode = self._encode
                     if self._replies:
-                        self._replies.extend([[encode(reply)] for reply in replies])
+                        self._replies.append([self._encode_all(replies)])
                     else:
-                        self._out.extend(map(encode, replies))
+                        self._out.append(self._encode_all(replies))
                     continue
             args = commands[i]
             i += 1
@@ -469,7 +468,7 @@ class NodeProtocol(Protocol):
             return
         try:
             if many:
-                slot[0] = b"".join(map(self._encode, reply))  # type: ignore[arg-type]
+                slot[0] = self._encode_all(reply)  # type: ignore[arg-type]
             else:
                 slot[0] = self._encode(reply)
         except Exception:
@@ -478,6 +477,16 @@ class NodeProtocol(Protocol):
             slot[0] = self._encode(ErrorReply("internal error, see the node's log")) * (
                 len(reply) if many else 1)  # type: ignore[arg-type]
         self._drain()
+
+    def _encode_all(self, replies: list[Reply]) -> bytes:
+        """
+        C{replies}, encoded one after the other.
+        """
+        # (a run of SETs, mostly; its replies are OK or errors, never bytes
+        # to compare with a str)
+        if replies and replies[0] is OK and replies.count(OK) == len(replies):
+            return self._encode(OK) * len(replies)
+        return b"".join(map(self._encode, replies))
 
     def _drain(self) -> None:
         """

@@ -104,19 +104,12 @@ class Store:
         and whether each has a value (not a tombstone): what a replica
         votes with.
         """
-        get = self._data.get
-        newest = NO_VERSION
-        existed = []
-        for key in keys:
-            packed = get(key)
-            if packed is None:
-                existed.append(False)
-            else:
-                version = packed[:_VERSION_LEN]
-                if version > newest:
-                    newest = version
-                existed.append(packed[_VERSION_LEN] == _LIVE_BYTE)
-        return newest, tuple(existed)
+        records = list(map(self._data.get, keys))
+        held = list(filter(None, records))
+        # a record starts with its version: the greatest record has the newest
+        newest = max(held)[:_VERSION_LEN] if held else NO_VERSION
+        live = _LIVE_BYTE
+        return newest, tuple([r is not None and r[_VERSION_LEN] == live for r in records])
 
     def apply(self, key: bytes, version: bytes, value: Optional[bytes]) -> bool:
         """

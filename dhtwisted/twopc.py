@@ -234,7 +234,7 @@ class Participant:
 
     def _holder(self, request: _Prepared) -> Optional[_Prepared]:
         locks = self._locks
-        if not locks:
+        if not locks or locks.keys().isdisjoint([write[0] for write in request.writes]):
             return None
         get = locks.get
         txid = request.txid
@@ -638,31 +638,39 @@ class Coordinator:
         """
         inflight = self._inflight
         queued_keys = self._queued_keys
+        keys = [write[0] for write in writes]
+        replicas = self._replicas_of(keys)
+        # (most runs: distinct keys, none busy; checked at C speed)
+        free = (inflight.keys().isdisjoint(keys) and queued_keys.keys().isdisjoint(keys)
+                and len(set(keys)) == len(keys))
         taken: set[bytes] = set()
-        plan: dict[str, list[int]] = {}
-        last: Optional[list[str]] = None
-        shares: list[list[int]] = []
-        replicas = self._replicas_of([write[0] for write in writes])
-        for (key, _), nodes in zip(writes, replicas):
-            if key in inflight or key in queued_keys or key in taken or not nodes:
+        # the writes' indexes by replica list (a ring hands out one list
+        # object per distinct list)
+        groups: dict[int, tuple[list[str], list[int]]] = {}
+        count = 0
+        for key, nodes in zip(keys, replicas):
+            if not nodes:
                 break
-            index = len(taken)
-            taken.add(key)
-            if nodes is last:  # the same replicas as the write before (cached)
-                for share in shares:
-                    share.append(index)
-                continue
-            last = nodes
-            shares = []
+            if not free:
+                if key in inflight or key in queued_keys or key in taken:
+                    break
+                taken.add(key)
+            group = groups.get(id(nodes))
+            if group is None:
+                groups[id(nodes)] = (nodes, [count])
+            else:
+                group[1].append(count)
+            count += 1
+        if count < 2:
+            return 0, None
+        plan: dict[str, list[int]] = {}
+        for nodes, indexes in groups.values():
             for node in nodes:
                 share = plan.get(node)
                 if share is None:
-                    share = plan[node] = []
-                share.append(index)
-                shares.append(share)
-        count = len(taken)
-        if count < 2:
-            return 0, None
+                    plan[node] = list(indexes)
+                else:
+                    share.extend(indexes)
         run = _Run(self, list(writes[:count]), plan, done)
         for key, _ in run.writes:
             inflight[key] = run
@@ -1086,7 +1094,8 @@ class _Group(_Write):
                         share.append(offset)
                 continue
             for node, indexes in member.plan.items():
-                plan.setdefault(node, []).extend(i + offset for i in indexes)
+                plan.setdefault(node, []).extend(
+                    [i + offset for i in indexes] if offset else indexes)
         super().__init__(c, writes, plan, lambda outcome: None)
         self.members = members
         self.needs_existed = any(member.needs_existed for member in members)

@@ -38,6 +38,7 @@ fail_after = 3.0
 remove_after = 8.0
 [timers]
 stabilize_interval = 1.0
+full_pass_interval = 6.0
 rpc_timeout = 1.0
 txn_timeout = 3.0
 leave_timeout = 5.0

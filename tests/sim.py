@@ -44,7 +44,8 @@ FAULTS = ("drop", "delay", "reorder", "duplicate", "partition", "crash", "restar
           "pause", "skew", "slow")
 SETTINGS = dict(
     heartbeat_interval=0.5, gossip_interval=1.0, fail_after=5.0, remove_after=10.0,
-    stabilize_interval=2.0, rpc_timeout=1.0, txn_timeout=4.0, leave_timeout=5.0,
+    stabilize_interval=2.0, full_pass_interval=12.0, rpc_timeout=1.0, txn_timeout=4.0,
+    leave_timeout=5.0,
 )
 
 

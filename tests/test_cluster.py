@@ -253,6 +253,28 @@ class ReplicationTests(SynchronousTestCase):
         self.assertGreater(moved, 0)
 
 
+class FullPassTests(SynchronousTestCase):
+    """
+    The periodic full stabilization pass, the safety net.
+    """
+
+    def test_lost_copy_restored_by_full_pass(self) -> None:
+        """
+        A copy lost behind the protocol's back (nothing changed in the
+        membership) comes back with the next full pass, after
+        C{full_pass_interval}, not with every stabilization round.
+        """
+        cluster = Cluster(3, stabilize_interval=1.0, full_pass_interval=20.0)
+        cluster.run(25)  # the passes after the joins are over
+        self.assertEqual(cluster.client(0).command(b"set k v"), b"ok\r\n")
+        victim = cluster.nodes[2]
+        victim.store.drop(b"k", victim.store.version_of(b"k"))
+        cluster.run(5)
+        self.assertNotIn(victim.node_id, cluster.holders(b"k"))
+        cluster.run(20)
+        self.assertEqual(cluster.holders(b"k")[victim.node_id], b"v")
+
+
 class TransactionFaultTests(SynchronousTestCase):
     """
     2PC under faults: the coordinator dies, writes conflict.
