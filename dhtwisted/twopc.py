@@ -950,7 +950,8 @@ class _Write(_Operation):
         self.c = c
         self.writes = writes
         self.plan = plan
-        self.attempt = 0
+        self.retries_left = c._retries
+        self.retried = 0  # times tried again: the pause before the next doubles
         self.priority = c._clock.next()  # kept across retries: the write ages
         self.started = c._reactor.seconds()
         self.txid = ""
@@ -1058,11 +1059,12 @@ class _Write(_Operation):
         noes = [vote for vote in self.votes.values() if not vote.yes]
         if not noes:
             self.finish(TransactionFailed("write aborted, nothing applied (timed out)"))
-        elif (self.attempt < c._retries and all(vote.conflict for vote in noes)
+        elif (self.retries_left > 0 and all(vote.conflict for vote in noes)
               and c._reactor.seconds() - self.started < c._retry_for):
-            self.attempt += 1
+            self.retries_left -= 1
+            self.retried += 1
             c.stats["retries"] += 1
-            pause = c._rng.uniform(0.001, min(0.005 * 2**self.attempt, 0.1))
+            pause = c._rng.uniform(0.001, min(0.005 * 2**self.retried, 0.1))
             c._reactor.callLater(pause, self._retry)
         else:
             self.finish(TransactionFailed(f"write aborted, nothing applied ({noes[0].reason})"))
@@ -1103,7 +1105,7 @@ class _Group(_Write):
         # lock conflicts try the whole group again, twice (at its oldest
         # member's priority, so it soon waits rather than dies); then, or
         # on any other failure, each write is tried alone: see finish
-        self.attempt = max(0, c._retries - GROUP_RETRIES)
+        self.retries_left = min(c._retries, GROUP_RETRIES)
 
     def finish(self, outcome: Any) -> None:
         if isinstance(outcome, Exception) and not self.committed:
@@ -1141,7 +1143,7 @@ class _Run(_Write):
                  done: Answer) -> None:
         super().__init__(c, writes, plan, done)
         # as a group: conflicts try the run again whole, then write by write
-        self.attempt = max(0, c._retries - GROUP_RETRIES)
+        self.retries_left = min(c._retries, GROUP_RETRIES)
         self.alone = False  # it ran as its own transaction (not in a _Group)
         self.results: list[Any] = []
         self.left = 0

@@ -471,6 +471,24 @@ class QueueAndRetryTests(ThreeReplicasCase):
         self.assertGreater(self.coordinator.stats["retries"], 5)
         self.assertEqual(self.values(b"k"), [None] * 3)
 
+    def test_group_retry_pauses_grow_from_short(self) -> None:
+        """
+        A gathered transaction that met a conflict is tried again after a
+        short pause (at most 10 ms), as a write is, not after the longest
+        (as when its retries were counted from C{retries} - GROUP_RETRIES).
+        """
+        participant = self.replicas["c"].participant
+        participant.prepare("older", [(b"bad", b"x")], ["c"], 2000, "z", priority=b"\x00" * 12)
+        self.coordinator.hold()
+        for key in (b"good", b"bad"):
+            deferred(self.coordinator.write, [(key, b"1")])
+        self.coordinator.release()
+        self.clock.advance(0)
+        prepares = len([e for e in self.events if e[1] == "prepare"])
+        self.clock.advance(0.01)
+        self.assertEqual(len([e for e in self.events if e[1] == "prepare"]), prepares + 3)
+        participant.abort("older")
+
 
 class AloneTests(SynchronousTestCase):
     """
@@ -727,7 +745,7 @@ class GroupTests(ThreeReplicasCase):
         self.clock.advance(0)
         self.assertNoResult(good)
         for _ in range(GROUP_RETRIES):
-            self.clock.advance(0.1)  # the longest pause before a retry
+            self.clock.advance(0.02)  # the longest pause before the first two retries
         self.assertEqual(self.successResultOf(good), [False])
         self.assertNoResult(bad)  # waits for the older write's lock, then gives up
         for _ in range(30):
