@@ -123,6 +123,7 @@ class DHTNode(MultiService):
             local=self.participant, retries=RETRIES, retry_for=config.rpc_timeout,
             group_bytes=config.max_message // 2, alone=self.alone,
             replicas_of=lambda keys: self.ring.preference_lists(keys, config.replicas),
+            refusal=lambda: self._write_state()[0],
         )
         self.commands = Commands(self, config.max_key, config.max_value,
                                  max_write=config.max_message)
@@ -630,7 +631,11 @@ class DHTNode(MultiService):
                 targets.append((m.node_id, m.address))
             mine = self.me().address
             if not peers:
-                targets += [(None, str(seed)) for seed in self.config.seeds if str(seed) != mine]
+                # alone: every seed, and every member forgotten since (after
+                # a long partition the seeds may be gone, the others not)
+                addresses = [str(seed) for seed in self.config.seeds]
+                addresses += self.membership.forgotten_addresses()
+                targets += [(None, a) for a in dict.fromkeys(addresses) if a != mine]
             else:
                 # now and then a seed or a forgotten member: after a long
                 # partition both sides have forgotten each other

@@ -452,6 +452,9 @@ class Coordinator:
         look up each key's replicas.
     :param replicas_of: C{replicas_for} of many keys in one call (faster,
         if given).
+    :param refusal: why this node refuses writes now (see
+        L{dhtwisted.node.DHTNode.write}), or C{None}: asked again before a
+        write is tried again, with the replicas in view then.
     """
 
     def __init__(
@@ -472,6 +475,7 @@ class Coordinator:
         group_size: int = 64,
         alone: Callable[[], bool] = lambda: False,
         replicas_of: Optional[Callable[[Sequence[bytes]], list[list[str]]]] = None,
+        refusal: Callable[[], Optional[str]] = lambda: None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -479,6 +483,7 @@ class Coordinator:
         self._replicas_for = replicas_for
         self._replicas_of = replicas_of or (lambda keys: [replicas_for(key) for key in keys])
         self._replica = replica
+        self._refusal = refusal
         self._timeout = rpc_timeout
         self._retries = retries
         self._retry_for = retry_for
@@ -983,6 +988,12 @@ class _Write(_Operation):
                                      partial(self._voted, node))
 
     def _retry(self) -> None:
+        refusal = self.c._refusal()
+        if refusal is not None:
+            # as a new write would be: the replicas in view now may be too
+            # few (this node may be cut off, or have slept)
+            self.finish(TransactionFailed(refusal))
+            return
         try:
             self.plan = self.c._plan(self.writes)
         except TransactionFailed as e:

@@ -6,9 +6,12 @@ failure detection, 2PC across nodes, reads and stabilization.
 from __future__ import annotations
 
 import dataclasses
+from unittest.mock import patch
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
+
+from dhtwisted import node as node_module
 
 from .cluster import Cluster, ClusterClient
 from .test_resp import resp
@@ -612,6 +615,24 @@ class ReviewRegressionTests(SynchronousTestCase):
             self.assertEqual(sorted(view), everyone)
         self.assertEqual(cluster.client(0).command(b"set a 1"), b"ok\r\n")
         self.assertEqual(cluster.client(4).command(b"get a"), b"1\r\n")
+
+    def test_isolated_node_finds_the_others_without_its_seed(self) -> None:
+        """
+        A node cut off from every live node long enough to forget them, its
+        seed gone for good, finds them again by itself once the partition
+        heals (even if the others never probe it).
+        """
+        cluster = Cluster(4)
+        cluster.run(20)
+        cluster.net.crash("n0")  # the seed of the others
+        _cut(cluster, ["n3"], ["n1", "n2"])
+        cluster.run(60)
+        self.assertEqual(cluster.live_views()["n3"], ["n3"])
+        cluster.net.cut.clear()
+        with patch.object(node_module, "PROBE_CHANCE", 0.0):
+            cluster.run(15)
+        for node in ("n1", "n2", "n3"):
+            self.assertEqual(sorted(cluster.live_views()[node]), ["n1", "n2", "n3"])
 
     def test_big_values_move_without_breaking_links(self) -> None:
         """

@@ -490,6 +490,40 @@ class QueueAndRetryTests(ThreeReplicasCase):
         participant.abort("older")
 
 
+class RetryRefusedTests(SynchronousTestCase):
+    """
+    A write tried again asks again whether the node takes writes.
+    """
+
+    def test_retry_refused_when_cut_off(self) -> None:
+        """
+        A write that met a conflict, tried again once the node sees only
+        itself (it slept, or is cut off: its ring now makes it the only
+        replica), is refused as a new write would be: it is not committed
+        on this node alone and acknowledged.
+        """
+        clock = Clock()
+        clock.advance(1000)
+        events: list = []
+        replicas = {n: ScriptedReplica(n, events, clock) for n in "abc"}
+        view = ["a", "b", "c"]
+        refusal: list = [None]
+        coordinator = Coordinator(
+            "a", HybridClock(clock.seconds, node_tag("a")), clock, lambda key: list(view),
+            replicas.__getitem__, rng=random.Random(0), local=replicas["a"].participant,
+            refusal=lambda: refusal[0],
+        )
+        replicas["c"].participant.prepare("other", [(b"k", b"x")], ["c"], 2000)
+        d = deferred(coordinator.write, [(b"k", b"v")])
+        self.assertNoResult(d)  # c voted no (conflict): tried again after a pause
+        view[:] = ["a"]
+        refusal[0] = "only 1 live members in view, a write needs 3; nothing applied"
+        clock.advance(1)
+        f = self.failureResultOf(d, TransactionFailed)
+        self.assertIn("only 1 live members", f.value.reason)
+        self.assertEqual(replicas["a"].store.get(b"k").value, None)
+
+
 class AloneTests(SynchronousTestCase):
     """
     A coordinator that is the only replica of its keys (a one-node
