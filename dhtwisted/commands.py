@@ -274,8 +274,14 @@ class Commands:
             elif len(run) < 2:
                 return _NO_RUN
             else:
-                count, results = self._write_run(  # type: ignore[misc]
-                    run, lambda results: respond(self._run_replies(results)))
+                try:
+                    count, results = self._write_run(  # type: ignore[misc]
+                        run, lambda results: respond(self._run_replies(results)))
+                except Exception:
+                    # a bug, not the client's doing: say so for each, keep serving
+                    self.errors += len(run)
+                    log.failure("a run of {count} SETs failed", count=len(run))
+                    return len(run), [ErrorReply("internal error, see the node's log")] * len(run)
                 if not count:
                     return _NO_RUN
                 replies = results if results is PENDING else self._run_replies(results)

@@ -169,7 +169,10 @@ class NodeProtocol(Protocol):
         self._more: list[bytes] = []  # chunks of an incomplete command
         self._more_len = 0
         self._need = 0  # bytes the incomplete RESP command needs at least
-        self._replies: deque[list[Optional[bytes]]] = deque()
+        # replies in client order, each [data or None until it comes], or
+        # [data or None, count] for the replies of a run of count commands
+        self._replies: deque[list[Any]] = deque()
+        self._in_progress = 0  # commands the entries of _replies stand for
         self._out: list[bytes] = []
         self._reading = False
         self._paused = False
@@ -203,6 +206,7 @@ class NodeProtocol(Protocol):
         self._done = True
         self._lost = True
         self._replies.clear()
+        self._in_progress = 0
         self.factory.connections -= 1
         if self._counted:
             self.factory.clients -= 1
@@ -364,10 +368,10 @@ class NodeProtocol(Protocol):
                     i += ran[0]
                     replies = ran[1]
                     if replies is PENDING:
-                        self._pending(self._spare_run[0])
+                        self._pending(self._spare_run[0], ran[0])
                         continue
                     if self._replies:
-                        self._replies.append([self._encode_all(replies)])
+                        self._queue_reply([self._encode_all(replies), ran[0]], ran[0])
                     else:
                         self._out.append(self._encode_all(replies))
                     continue
@@ -383,7 +387,7 @@ class NodeProtocol(Protocol):
                 self._encode = encode_resp3 if reply.proto == 3 else encode_resp
             data = self._encode(reply)
             if self._replies:
-                self._replies.append([data])
+                self._queue_reply([data])
             else:
                 self._out.append(data)
             if reply is QUIT:
@@ -439,11 +443,22 @@ class NodeProtocol(Protocol):
         if reply is QUIT:
             self._done = True
 
-    def _pending(self, slot: list[Optional[bytes]]) -> None:
+    def _queue_reply(self, entry: list[Any], count: int = 1) -> None:
         """
-        A command whose reply comes later: keep its place in the order.
+        Keep C{entry} (the replies of C{count} commands) in its place in
+        the reply order.
         """
-        self._replies.append(slot)
+        self._replies.append(entry)
+        self._in_progress += count
+
+    def _pending(self, slot: list[Any], count: int = 1) -> None:
+        """
+        A command (or a run of C{count}) whose reply comes later: keep its
+        place in the order.
+        """
+        if count != 1:
+            slot.append(count)
+        self._queue_reply(slot, count)
         if slot is self._spare[0]:
             # most replies are ready at once, so a RESP connection uses one
             # slot again until a command keeps it
@@ -452,14 +467,14 @@ class NodeProtocol(Protocol):
             self._spare_run = self._run_slot()
         if slot[0] is not None:  # answered before execute returned
             self._drain()
-        elif len(self._replies) >= self.factory.max_pipeline and not self._paused:
+        elif self._in_progress >= self.factory.max_pipeline and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
 
     def _reply(self, reply: Reply) -> None:
         data = self._encode(reply)
         if self._replies:
-            self._replies.append([data])
+            self._queue_reply([data])
         else:
             self._out.append(data)
 
@@ -494,12 +509,14 @@ class NodeProtocol(Protocol):
         """
         replies = self._replies
         while replies and replies[0][0] is not None:
-            self._out.append(replies.popleft()[0])  # type: ignore[arg-type]
+            entry = replies.popleft()
+            self._out.append(entry[0])
+            self._in_progress -= entry[1] if len(entry) > 1 else 1
         if not self._reading:
             # the replies that come during one turn of the reactor (those of
             # a client's pipelined writes, say) go out in one write
             self.factory.send_later(self)
-        if self._paused and len(replies) < self.factory.max_pipeline // 2 + 1:
+        if self._paused and self._in_progress < self.factory.max_pipeline // 2 + 1:
             self._paused = False
             if not self._done:
                 self.transport.resumeProducing()

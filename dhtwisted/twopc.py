@@ -634,7 +634,9 @@ class Coordinator:
 
         The run takes writes up to the first whose key a write of this
         node holds or waits for, or that an earlier write of the run writes,
-        or that has no live replica: that one must go through L{write}.
+        or that has no live replica: that one must go through L{write}; and
+        no more than a gathered transaction holds (C{group_size} writes,
+        C{group_bytes}): the rest make the next run.
 
         :param done: called, if the result is L{PENDING}, with the results.
         :return: how many writes the run took (fewer than two: none), and
@@ -643,7 +645,17 @@ class Coordinator:
         """
         inflight = self._inflight
         queued_keys = self._queued_keys
-        keys = [write[0] for write in writes]
+        # no longer than a gathered transaction may grow (messages stay
+        # under max_frame; a conflict aborts no more): the rest is the next run
+        limit = min(len(writes), self._group_size)
+        size = 0
+        for index in range(limit):
+            key, value = writes[index]
+            size += len(key) + len(value or b"")
+            if size > self._group_bytes:
+                limit = index
+                break
+        keys = [write[0] for write in writes[:limit]]
         replicas = self._replicas_of(keys)
         # (most runs: distinct keys, none busy; checked at C speed)
         free = (inflight.keys().isdisjoint(keys) and queued_keys.keys().isdisjoint(keys)
@@ -1186,7 +1198,8 @@ class _Run(_Write):
         members = []
         for index, write in enumerate(self.writes):
             member = _Write(c, [write], {}, partial(self._member_done, index))
-            member.priority = self.priority  # it keeps its age
+            member.priority = self.priority  # it keeps its age ...
+            member.started = self.started  # ... and its time to retry_for
             member.sync = False
             inflight[write[0]] = member
             members.append(member)

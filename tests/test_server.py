@@ -12,8 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dhtwisted.commands import PENDING, Commands
 from dhtwisted.server import PEER_MAGIC, NodeFactory
+from dhtwisted.twopc import TransactionFailed
 
 from .helpers import FakeClient, make_node
+from .test_resp import resp
 
 
 class TextProtocolTests(SynchronousTestCase):
@@ -521,6 +523,56 @@ class OrderingTests(SynchronousTestCase):
             done([None])
         self.assertEqual(self.transport.producerState, "producing")
         self.assertEqual(self.transport.value(), b"(nil)\r\n" * 4)
+
+    def test_pipeline_limit_counts_the_commands_of_a_run(self) -> None:
+        """
+        A run of pipelined SETs answered later counts as all its commands
+        toward max_pipeline, not as one; its replies come together, in
+        order, with an error for the one that failed.
+        """
+        runs: list = []
+
+        def write_run(writes: list, done: Callable) -> tuple:
+            runs.append((writes, done))
+            return len(writes), PENDING
+
+        self.slow.write_run = write_run  # type: ignore[attr-defined]
+        commands = Commands(self.slow, max_key=100, max_value=100)  # type: ignore[arg-type]
+        factory = NodeFactory(commands, max_line=1000, max_clients=2, max_pipeline=4)
+        from twisted.internet.testing import StringTransport
+
+        transport = StringTransport()
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(transport)
+        sets = b"".join(resp(b"SET", b"k%d" % i, b"v") for i in range(4))
+        proto.dataReceived(sets)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual([len(w) for w, _ in runs], [4])
+        runs[0][1]([None, TransactionFailed("conflict"), None, None])
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(transport.value(), b"+OK\r\n-ERR conflict\r\n+OK\r\n+OK\r\n")
+
+    def test_run_that_raises(self) -> None:
+        """
+        A bug under a run of SETs is an internal error for each of them,
+        logged; the connection goes on serving.
+        """
+        def write_run(writes: list, done: Callable) -> tuple:
+            raise RuntimeError("bug")
+
+        self.slow.write_run = write_run  # type: ignore[attr-defined]
+        commands = Commands(self.slow, max_key=100, max_value=100)  # type: ignore[arg-type]
+        client = NodeFactory(commands, max_line=1000, max_clients=2,
+                             max_pipeline=4).buildProtocol(None)
+        from twisted.internet.testing import StringTransport
+
+        transport = StringTransport()
+        client.makeConnection(transport)
+        client.dataReceived(resp(b"SET", b"a", b"1") + resp(b"SET", b"b", b"2")
+                            + resp(b"PING"))
+        error = b"-ERR internal error, see the node's log\r\n"
+        self.assertEqual(transport.value(), error * 2 + b"+PONG\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_max_clients(self) -> None:
         """

@@ -873,6 +873,18 @@ class RunTests(ThreeReplicasCase):
         self.assertEqual(self.values(b"a")[:2], [b"1"] * 2)
         self.coordinator.stop()
 
+    def test_no_longer_than_a_group(self) -> None:
+        """
+        A run takes no more writes than a gathered transaction may hold
+        (group_size, group_bytes): the rest make the next run.
+        """
+        self.coordinator._group_size = 4
+        writes = [(b"k%d" % i, b"v" * 10) for i in range(6)]
+        self.assertEqual(self.run_writes(writes)[0], 4)
+        self.coordinator._group_bytes = 40  # three writes of 12 bytes
+        self.assertEqual(self.run_writes(writes)[0], 3)
+        self.assertEqual(self.coordinator.stats["commits"], 2)
+
     def test_in_a_group(self) -> None:
         """
         Runs and writes held together go as one transaction; each run
