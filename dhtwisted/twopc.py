@@ -755,7 +755,7 @@ class Coordinator:
         reads = []
         for txn in self._queued:
             is_read = type(txn) is _Read
-            keys = txn.waits_for if is_read else [key for key, _ in txn.writes]  # type: ignore
+            keys = txn.waits_for
             if any(key in inflight or key in blocked for key in keys):
                 blocked.update(keys)
                 waiting.append(txn)
@@ -860,7 +860,6 @@ class Coordinator:
                 # a client's pipelined GET sees the SET it sent first
                 read = _Read(self, list(keys), quorum, done)
                 read.sync = False
-                read.waits_for = busy
                 self._queue(read, busy)
                 return PENDING
         if quorum == 1:
@@ -887,6 +886,7 @@ class Coordinator:
         Start C{operation} once no write of this node that came before
         holds or waits for one of its (distinct) C{keys}.
         """
+        operation.waits_for = keys
         self._queued.append(operation)
         queued_keys = self._queued_keys
         for key in keys:
@@ -934,6 +934,7 @@ class _Operation:
         self.done = done
         self.sync = True
         self.outcome: Any = PENDING
+        self.waits_for: list[bytes] = []  # its distinct keys, while queued
 
     def begin(self) -> Any:
         self.start()
@@ -1224,7 +1225,6 @@ class _Read(_Operation):
         self.keys = keys
         self.quorum = quorum
         self.values: list[Optional[bytes]] = [None] * len(keys)
-        self.waits_for: list[bytes] = []  # the distinct keys, while queued
         self.pending = 0
         self.error: Optional[Exception] = None
 
