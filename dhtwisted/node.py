@@ -464,14 +464,11 @@ class DHTNode(MultiService):
             if refusal:
                 vote_to_pb(p.txid, Vote(False, refusal), reply.vote)
                 return reply
-            try:
-                writes = writes_from_pb(p.writes)
-            except ValueError as e:
-                reply.error.reason = f"bad writes: {e}"
-                return reply
+            # (writes that do not pair up raise ValueError: the link answers
+            # an error, see PeerProtocol._handle)
             waiting: Deferred[Vote] = Deferred()
             vote = self.participant.prepare(
-                p.txid, writes, list(p.participants), self._prepare_deadline(),
+                p.txid, writes_from_pb(p.writes), list(p.participants), self._prepare_deadline(),
                 p.coordinator, p.priority, waiting.callback,
             )
             if vote is None:  # it waits for a lock: answer when it has one
@@ -483,11 +480,7 @@ class DHTNode(MultiService):
             if len(c.version) != VERSION_SIZE:
                 reply.error.reason = "commit without a valid version"
                 return reply
-            try:
-                writes = writes_from_pb(c.writes) if c.HasField("writes") else None
-            except ValueError as e:
-                reply.error.reason = f"bad writes: {e}"
-                return reply
+            writes = writes_from_pb(c.writes) if c.HasField("writes") else None
             done = self.participant.commit(c.txid, c.version, writes)
             reply.txn_status.txid = c.txid
             reply.txn_status.state = TxnStatus.COMMITTED if done else TxnStatus.UNKNOWN

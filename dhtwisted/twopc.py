@@ -219,7 +219,7 @@ class Participant:
         :return: the vote, or C{None} if it will come through C{answer}.
         """
         if txid in self._prepared:
-            return self._vote_yes(self._prepared[txid].writes)
+            return self._vote_yes([key for key, _ in self._prepared[txid].writes])
         if txid in self._decided or txid in self._waiting:
             return Vote(False, "transaction already decided or waiting")
         request = _Prepared(txid, list(writes), deadline, coordinator, list(participants),
@@ -248,8 +248,7 @@ class Participant:
         keys = [write[0] for write in request.writes]
         self._locks.update(dict.fromkeys(keys, request.txid))
         self._prepared[request.txid] = request
-        newest, existed = self._store.survey(keys)
-        return Vote(True, max_version=newest, existed=existed)
+        return self._vote_yes(keys)
 
     def expire_waiting(self, now: float) -> None:
         """
@@ -286,8 +285,8 @@ class Participant:
         for answer, vote in answers:
             answer(vote)
 
-    def _vote_yes(self, writes: list[Write]) -> Vote:
-        newest, existed = self._store.survey([key for key, _ in writes])
+    def _vote_yes(self, keys: list[bytes]) -> Vote:
+        newest, existed = self._store.survey(keys)
         return Vote(True, max_version=newest, existed=existed)
 
     def commit(self, txid: str, version: bytes, writes: Optional[list[Write]] = None) -> bool:

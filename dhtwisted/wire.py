@@ -138,10 +138,10 @@ def writes_from_pb(pb: dht_pb2.Writes) -> list[Write]:
     keys = pb.keys
     values: list[Optional[bytes]] = list(pb.values)
     if len(values) != len(keys):
-        raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        raise ValueError(f"bad writes: {len(keys)} keys but {len(values)} values")
     for index in pb.deletes:
         if index >= len(values):
-            raise ValueError(f"delete of write {index} of {len(values)}")
+            raise ValueError(f"bad writes: delete of write {index} of {len(values)}")
         values[index] = None
     return list(zip(keys, values))
 

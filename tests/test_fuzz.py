@@ -198,6 +198,29 @@ class PeerFuzzTests(SynchronousTestCase):
         self.node = make_node()
         self.node.store.apply(KEPT, b"\x00" * 11 + b"\x01", b"intact")
 
+    def test_writes_that_do_not_pair_up(self) -> None:
+        """
+        A prepare whose keys and values do not pair up is answered with an
+        error naming that, and locks nothing; the link goes on serving.
+        """
+        from .test_peer import frames_in
+
+        peer = FakeClient(self.node)
+        env = wire.Envelope(request_id=7)
+        env.prepare.txid = "fuzzer:1:1"
+        env.prepare.coordinator = "fuzzer"
+        env.prepare.writes.keys.extend([b"a", b"b"])
+        env.prepare.writes.values.append(b"1")
+        ping = wire.Envelope(request_id=8)
+        ping.ping.SetInParent()
+        peer.protocol.dataReceived(wire.PREAMBLE + _hello() + _frame(env) + _frame(ping))
+        self.node.reactor.advance(0)
+        replies = {e.request_id: e for e in frames_in(peer.take())}
+        self.assertEqual(replies[7].error.reason, "bad writes: 2 keys but 1 values")
+        self.assertEqual(replies[8].WhichOneof("body"), "pong")
+        self.assertEqual(self.node.participant.locked_keys, 0)
+        self.assertEqual(self.errors.failures, [])
+
     @settings(max_examples=EXAMPLES, deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(frames=st.lists(peer_input, min_size=1, max_size=4), hello=st.booleans())
