@@ -46,6 +46,7 @@ setup(
             "dht-client = dhtwisted.cli:client_main",
             "dhserver = dhtwisted.cli:dhserver_main",
             "dht-bench = dhtwisted.bench:main",
+            "dht-admin = dhtwisted.admin:main",
         ],
     },
     classifiers=[

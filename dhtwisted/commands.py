@@ -12,6 +12,7 @@ C{MGET}), L{Lines} (C{INFO}, C{MEMBERS}).
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
@@ -136,6 +137,27 @@ class NodeAPI(Protocol):
     def members(self) -> list[str]:
         """
         The C{MEMBERS} lines.
+        """
+
+    def status(self) -> dict[str, Any]:
+        """
+        The cluster as this node sees it (C{DHT STATUS}).
+        """
+
+    def ring_status(self) -> dict[str, Any]:
+        """
+        Token ownership (C{DHT RING}).
+        """
+
+    def key_status(self, key: bytes, done: Done) -> Any:
+        """
+        Where C{key} lives and what its replicas hold (C{DHT KEY}): the
+        document, or L{PENDING} and later C{done} with it.
+        """
+
+    def leave(self) -> None:
+        """
+        Leave the cluster for good (C{DHT LEAVE}).
         """
 
 
@@ -399,6 +421,29 @@ class Commands:
     def _members(self, args: list[bytes], respond: Respond) -> Reply:
         return Lines(self._node.members())
 
+    def _dht(self, args: list[bytes], respond: Respond) -> Any:
+        """
+        C{DHT STATUS | RING | KEY key | LEAVE}: the operator's view, as JSON.
+        """
+        sub = args[1].upper()
+        if sub == b"STATUS" and len(args) == 2:
+            return _json(self._node.status())
+        if sub == b"RING" and len(args) == 2:
+            return _json(self._node.ring_status())
+        if sub == b"KEY" and len(args) == 3:
+            error = self._check_key(args[2])
+            if error is not None:
+                return error
+            doc = self._node.key_status(args[2], lambda doc: respond(_json(doc)))
+            return PENDING if doc is PENDING else _json(doc)
+        if sub == b"LEAVE" and len(args) == 2:
+            self._node.leave()
+            return OK
+        shown = b" ".join(args[1:])[:64].decode("utf-8", "replace")
+        self.errors += 1
+        return ErrorReply(f"unknown DHT subcommand or wrong arguments: '{shown}' "
+                          "(DHT STATUS, DHT RING, DHT KEY key, DHT LEAVE)")
+
     def _quit(self, args: list[bytes], respond: Respond) -> Reply:
         return QUIT
 
@@ -425,6 +470,10 @@ class Commands:
         if args[1] == b"0":
             return OK
         return ErrorReply("only database 0 exists")
+
+
+def _json(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
 def _first(values: list) -> Reply:
@@ -459,6 +508,7 @@ _TABLE: dict[bytes, _Command] = {
     b"ECHO": _Command(Commands._echo, 1, 1),
     b"INFO": _Command(Commands._info, 0, 1),
     b"MEMBERS": _Command(Commands._members, 0, 0),
+    b"DHT": _Command(Commands._dht, 1, 2),
     b"QUIT": _Command(Commands._quit, 0, _ANY),
     b"EXIT": _Command(Commands._quit, 0, _ANY),
     b"HELLO": _Command(Commands._hello, 0, _ANY),

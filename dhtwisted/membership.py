@@ -17,6 +17,7 @@ Pure: the caller passes the time in; no Twisted, no I/O.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -47,6 +48,11 @@ class Member:
     :ivar generation: its start time in milliseconds; greater after a restart.
     :ivar heartbeat: increases while it runs.
     :ivar status: L{ALIVE}, L{SUSPECT}, L{DEAD} or L{LEFT}.
+    :ivar keys: live keys it holds, as of its last heartbeat.
+    :ivar memory: its resident memory in bytes, as of its last heartbeat.
+    :ivar rate: client commands per second it served lately.
+    :ivar view: a digest of the ring it sees (L{ring_digest}): members
+        agree on membership when their digests are equal.
     """
 
     node_id: str
@@ -55,6 +61,10 @@ class Member:
     generation: int
     heartbeat: int = 0
     status: str = ALIVE
+    keys: int = 0
+    memory: int = 0
+    rate: float = 0.0
+    view: int = 0
 
     @property
     def ring_id(self) -> int:
@@ -156,13 +166,24 @@ class Membership:
 
     # -- changing
 
-    def beat(self, now: float) -> None:
+    def beat(self, now: float, **load: float) -> None:
         """
-        Increase this node's heartbeat.
+        Increase this node's heartbeat; C{load} updates what it says of its
+        load (C{keys}, C{memory}, C{rate}, C{view}), which gossip carries
+        with the heartbeat.
         """
         entry = self._entries[self.node_id]
-        entry.member = dataclasses.replace(entry.member, heartbeat=entry.member.heartbeat + 1)
+        entry.member = dataclasses.replace(entry.member, heartbeat=entry.member.heartbeat + 1,
+                                           **load)  # type: ignore[arg-type]
         entry.heard = now
+
+    def ring_digest(self) -> int:
+        """
+        A digest of the ring this node sees: its live members and their
+        tokens. Two nodes with the same digest agree on who is on the ring.
+        """
+        text = ";".join(f"{m.node_id}={','.join(map(str, m.tokens))}" for m in self.live())
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
     def update_me(self, **changes: object) -> None:
         """
@@ -259,8 +280,9 @@ class Membership:
             entry.heard = now
             return (member.node_id, known.status, LEFT)
         if member.heartbeat > known.heartbeat and known.status != LEFT:
-            entry.member = dataclasses.replace(known, heartbeat=member.heartbeat, status=ALIVE,
-                                               address=member.address, tokens=member.tokens)
+            # fresher news of the same node: everything it says (address,
+            # tokens, load) comes with the heartbeat
+            entry.member = dataclasses.replace(member, status=ALIVE)
             entry.heard = now
             if known.status != ALIVE:
                 return (member.node_id, known.status, ALIVE)

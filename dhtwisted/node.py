@@ -14,6 +14,8 @@ Background work, each a LoopingCall on the node's clock:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import random
 import sys
@@ -42,9 +44,11 @@ from .peer import Connect, PeerFactory, PeerPool, PeerProtocol, PeerUnavailable
 from .replica import RemoteReplica
 from .ring import Ring, node_tokens
 from .server import NodeFactory, NodeProtocol
+from .status import RateMeter, cluster_status, key_status, resident_memory, ring_status
 from .store import Record, Store
 from .twopc import (
     COMMITTED,
+    PENDING,
     Coordinator,
     LocalReplica,
     Participant,
@@ -89,11 +93,18 @@ class DHTNode(MultiService):
     :param connect: dials a peer's C{host:port} with a factory (the default
         uses TCP); tests pass a fake network's.
     :param rng: randomness for gossip targets and retries.
+    :param shutdown: stops the process when a client asks the node to leave
+        (C{DHT LEAVE}); the reactor's C{stop} if not given.
     """
 
     def __init__(self, config: NodeConfig, reactor: Any, connect: Optional[Connect] = None,
-                 rng: Optional[random.Random] = None) -> None:
+                 rng: Optional[random.Random] = None,
+                 shutdown: Optional[Callable[[], None]] = None) -> None:
         super().__init__()
+        # how a node asked to leave stops its process (twistd then stops
+        # the service: it hands its keys over first)
+        self._shutdown = shutdown or getattr(reactor, "stop", None)
+        self._leaving = False
         self.config = config
         self.reactor = reactor
         self.node_id = config.node_id
@@ -152,6 +163,9 @@ class DHTNode(MultiService):
         self._full_pass_at = reactor.seconds()
         self._stable_version = -1
         self.stats = {"gossip_rounds": 0, "pushed": 0, "handed_off": 0, "resolved": 0}
+        self.backlog = 0  # records the running stabilization pass has yet to look at
+        self._rate = RateMeter()
+        self._view = (-1, 0)  # (membership version, its ring digest)
         self.port: Optional[IListeningPort] = None
         self.address: Optional[Address] = None
 
@@ -545,7 +559,7 @@ class DHTNode(MultiService):
     def _heartbeat(self) -> None:
         now = self.reactor.seconds()
         try:
-            self.membership.beat(now)
+            self.membership.beat(now, **self._load(now))
             self._log_changes(self.membership.check(now))
             self.participant.expire_waiting(now)
             self.participant.prune(now)
@@ -558,6 +572,20 @@ class DHTNode(MultiService):
             self.coordinator.prune()
         except Exception:
             log.failure("heartbeat failed")
+
+    def _load(self, now: float) -> dict[str, Any]:
+        """
+        What this node says of itself with its heartbeat.
+        """
+        version = self.membership.version
+        if self._view[0] != version:
+            self._view = (version, self.membership.ring_digest())
+        return {
+            "keys": self.store.live_keys,
+            "memory": resident_memory(),
+            "rate": self._rate.update(now, sum(self.commands.calls.values())),
+            "view": self._view[1],
+        }
 
     async def _resolve(self, txid: str, coordinator: str, participants: list[str]) -> None:
         """
@@ -697,6 +725,7 @@ class DHTNode(MultiService):
         ttl = self.config.tombstone_ttl
         self.store.collect_tombstones(self.reactor.seconds(), ttl)
         for start in range(0, len(keys), PUSH_BATCH):
+            self.backlog = len(keys) - start
             batch = keys[start : start + PUSH_BATCH]
             plans: dict[str, list[tuple[bytes, Record]]] = {}
             owners_of: dict[bytes, list[str]] = {}
@@ -733,6 +762,7 @@ class DHTNode(MultiService):
                     self._holds_foreign = True
             # let the reactor serve clients between slices
             await deferLater(self.reactor, 0)
+        self.backlog = 0
         if complete:
             self._stable_version = version
 
@@ -816,6 +846,69 @@ class DHTNode(MultiService):
             lines.append(f"# {name.capitalize()}")
             lines.extend(f"{key}:{value}" for key, value in pairs)
         return lines
+
+    def status(self) -> dict[str, Any]:
+        """
+        The cluster as this node sees it (C{DHT STATUS}): see
+        L{dhtwisted.status.cluster_status}.
+        """
+        now = self.reactor.seconds()
+        membership = self.membership
+        members = membership.members()
+        ages = {m.node_id: now - membership.heard(m.node_id) for m in members}
+        # this node's own figures as of now, not of its last heartbeat
+        me = dataclasses.replace(membership.me, keys=self.store.live_keys,
+                                 memory=resident_memory())
+        members = [me if m.node_id == me.node_id else m for m in members]
+        doc = cluster_status(me, members, ages, self.ring, self.config.replicas)
+        doc["time"] = now
+        return doc
+
+    def ring_status(self) -> dict[str, Any]:
+        """
+        Token ownership (C{DHT RING}): see L{dhtwisted.status.ring_status}.
+        """
+        return ring_status(self.ring, self.config.replicas)
+
+    def key_status(self, key: bytes, done: Callable[[Any], None]) -> Any:
+        """
+        Where C{key} lives and the version each of its replicas holds
+        (C{DHT KEY}), asking them; see L{dhtwisted.status.key_status}.
+
+        :return: the document, or L{PENDING} and later C{done} with it.
+        """
+        ring = self.ring
+        replicas = self.config.replicas
+        nodes = ring.preference_list(key, replicas)
+        if not nodes:
+            return key_status(key, ring, replicas, {})
+        held: dict[str, Any] = {}
+        waiting = {"at_once": True, "doc": PENDING}
+
+        def answer(node: str, records: Any) -> None:
+            held[node] = records[0] if isinstance(records, list) and records else records
+            if len(held) == len(nodes):
+                doc = key_status(key, ring, replicas, held)
+                if waiting["at_once"]:
+                    waiting["doc"] = doc
+                else:
+                    done(doc)
+
+        for node in nodes:
+            self.replica(node).read([key], functools.partial(answer, node))
+        waiting["at_once"] = False
+        return waiting["doc"]
+
+    def leave(self) -> None:
+        """
+        Leave the cluster for good (C{DHT LEAVE}): stop the process, which
+        hands this node's keys over first (L{stopService}).
+        """
+        if self._leaving or self._shutdown is None:
+            return
+        self._leaving = True
+        log.info("node {node} asked to leave the cluster", node=self.node_id)
+        self.reactor.callLater(0, self._shutdown)
 
     def members(self) -> list[str]:
         """

@@ -140,6 +140,33 @@ class Ring:
         walks[start] = found
         return found
 
+    def arcs(self, n: int) -> list[tuple[int, int, list[str]]]:
+        """
+        Every token's range of positions and the C{n} nodes that hold the
+        keys in it: C{(first, token, nodes)}, in ring order. The range runs
+        from C{first} to C{token} inclusive, wrapping past the end of the
+        ring; the first of C{nodes} owns the token.
+        """
+        arcs = []
+        count = len(self._tokens)
+        for i, token in enumerate(self._tokens):
+            previous = self._tokens[i - 1] if count > 1 else token
+            arcs.append(((previous + 1) % self.ring_size, token, self._walk_from(i, n)))
+        return arcs
+
+    def ownership(self, n: int) -> dict[str, float]:
+        """
+        The share of the keys each node holds a copy of, with C{n} replicas
+        (Cassandra's "effective ownership"): the shares add up to C{n}, or
+        to the number of nodes when there are fewer.
+        """
+        share = dict.fromkeys(self.nodes, 0.0)
+        for first, token, nodes in self.arcs(n):
+            width = (token - first) % self.ring_size + 1
+            for node in nodes:
+                share[node] += width / self.ring_size
+        return share
+
     def primary_share(self) -> dict[str, float]:
         """
         The share of ring positions each node is primary for.

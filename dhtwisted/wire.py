@@ -6,6 +6,7 @@ types. The only importer of the generated module.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Optional
 
@@ -58,6 +59,10 @@ def member_to_pb(member: Member, out: Optional[dht_pb2.Member] = None) -> dht_pb
     pb.generation = member.generation
     pb.heartbeat = member.heartbeat
     pb.status = _STATUS_TO_PB[member.status]
+    pb.keys = member.keys
+    pb.memory = member.memory
+    pb.rate = member.rate
+    pb.view = member.view
     return pb
 
 
@@ -76,6 +81,10 @@ def member_from_pb(pb: dht_pb2.Member) -> Member:
         generation=pb.generation,
         heartbeat=pb.heartbeat,
         status=_STATUS_FROM_PB.get(pb.status, ALIVE),
+        keys=pb.keys,
+        memory=pb.memory,
+        rate=pb.rate if math.isfinite(pb.rate) and pb.rate >= 0 else 0.0,
+        view=pb.view,
     )
 
 

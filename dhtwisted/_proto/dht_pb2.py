@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\tdht.proto\x12\tdhtwisted\"/\n\x05\x46rame\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.dhtwisted.Envelope\"\xa0\x05\n\x08\x45nvelope\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05reply\x18\x02 \x01(\x08\x12!\n\x05hello\x18\n \x01(\x0b\x32\x10.dhtwisted.HelloH\x00\x12%\n\x07welcome\x18\x0b \x01(\x0b\x32\x12.dhtwisted.WelcomeH\x00\x12!\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x10.dhtwisted.ErrorH\x00\x12\x1f\n\x04ping\x18\r \x01(\x0b\x32\x0f.dhtwisted.PingH\x00\x12\x1f\n\x04pong\x18\x0e \x01(\x0b\x32\x0f.dhtwisted.PongH\x00\x12#\n\x06gossip\x18\x14 \x01(\x0b\x32\x11.dhtwisted.GossipH\x00\x12\x1d\n\x03get\x18\x1e \x01(\x0b\x32\x0e.dhtwisted.GetH\x00\x12(\n\tget_reply\x18\x1f \x01(\x0b\x32\x13.dhtwisted.GetReplyH\x00\x12%\n\x07prepare\x18( \x01(\x0b\x32\x12.dhtwisted.PrepareH\x00\x12\x1f\n\x04vote\x18) \x01(\x0b\x32\x0f.dhtwisted.VoteH\x00\x12#\n\x06\x63ommit\x18* \x01(\x0b\x32\x11.dhtwisted.CommitH\x00\x12!\n\x05\x61\x62ort\x18+ \x01(\x0b\x32\x10.dhtwisted.AbortH\x00\x12\x1d\n\x03\x61\x63k\x18, \x01(\x0b\x32\x0e.dhtwisted.AckH\x00\x12(\n\ttxn_query\x18- \x01(\x0b\x32\x13.dhtwisted.TxnQueryH\x00\x12*\n\ntxn_status\x18. \x01(\x0b\x32\x14.dhtwisted.TxnStatusH\x00\x12\x1f\n\x04push\x18\x32 \x01(\x0b\x32\x0f.dhtwisted.PushH\x00\x12&\n\x08push_ack\x18\x33 \x01(\x0b\x32\x12.dhtwisted.PushAckH\x00\x42\x06\n\x04\x62ody\";\n\x05Hello\x12!\n\x06member\x18\x01 \x01(\x0b\x32\x11.dhtwisted.Member\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\"P\n\x07Welcome\x12!\n\x06member\x18\x01 \x01(\x0b\x32\x11.dhtwisted.Member\x12\"\n\x07members\x18\x02 \x03(\x0b\x32\x11.dhtwisted.Member\"\x17\n\x05\x45rror\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x06\n\x04Ping\"\x06\n\x04Pong\"\x84\x01\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\r\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x11\n\theartbeat\x18\x05 \x01(\x04\x12!\n\x06status\x18\x06 \x01(\x0e\x32\x11.dhtwisted.Status\",\n\x06Gossip\x12\"\n\x07members\x18\x01 \x03(\x0b\x32\x11.dhtwisted.Member\"H\n\x06Record\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x0c\x12\x11\n\ttombstone\x18\x03 \x01(\x08\x12\r\n\x05value\x18\x04 \x01(\x0c\"\x13\n\x03Get\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\".\n\x08GetReply\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.dhtwisted.Record\"7\n\x06Writes\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x0e\n\x06values\x18\x02 \x03(\x0c\x12\x0f\n\x07\x64\x65letes\x18\x03 \x03(\r\"w\n\x07Prepare\x12\x0c\n\x04txid\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\x12!\n\x06writes\x18\x04 \x01(\x0b\x32\x11.dhtwisted.Writes\x12\x10\n\x08priority\x18\x05 \x01(\x0c\"i\n\x04Vote\x12\x0c\n\x04txid\x18\x01 \x01(\t\x12\x0b\n\x03yes\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x63onflict\x18\x04 \x01(\x08\x12\x13\n\x0bmax_version\x18\x05 \x01(\x0c\x12\x0f\n\x07\x65xisted\x18\x06 \x03(\x08\"J\n\x06\x43ommit\x12\x0c\n\x04txid\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x0c\x12!\n\x06writes\x18\x03 \x01(\x0b\x32\x11.dhtwisted.Writes\"\x15\n\x05\x41\x62ort\x12\x0c\n\x04txid\x18\x01 \x01(\t\"\x05\n\x03\x41\x63k\"\x18\n\x08TxnQuery\x12\x0c\n\x04txid\x18\x01 \x01(\t\"\x95\x01\n\tTxnStatus\x12\x0c\n\x04txid\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.dhtwisted.TxnStatus.State\x12\x0f\n\x07version\x18\x03 \x01(\x0c\">\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0c\n\x08PREPARED\x10\x01\x12\r\n\tCOMMITTED\x10\x02\x12\x0b\n\x07\x41\x42ORTED\x10\x03\"*\n\x04Push\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.dhtwisted.Record\"\x19\n\x07PushAck\x12\x0e\n\x06stored\x18\x01 \x03(\x0c*4\n\x06Status\x12\t\n\x05\x41LIVE\x10\x00\x12\x0b\n\x07SUSPECT\x10\x01\x12\x08\n\x04\x44\x45\x41\x44\x10\x02\x12\x08\n\x04LEFT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\tdht.proto\x12\tdhtwisted\"/\n\x05\x46rame\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.dhtwisted.Envelope\"\xa0\x05\n\x08\x45nvelope\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05reply\x18\x02 \x01(\x08\x12!\n\x05hello\x18\n \x01(\x0b\x32\x10.dhtwisted.HelloH\x00\x12%\n\x07welcome\x18\x0b \x01(\x0b\x32\x12.dhtwisted.WelcomeH\x00\x12!\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x10.dhtwisted.ErrorH\x00\x12\x1f\n\x04ping\x18\r \x01(\x0b\x32\x0f.dhtwisted.PingH\x00\x12\x1f\n\x04pong\x18\x0e \x01(\x0b\x32\x0f.dhtwisted.PongH\x00\x12#\n\x06gossip\x18\x14 \x01(\x0b\x32\x11.dhtwisted.GossipH\x00\x12\x1d\n\x03get\x18\x1e \x01(\x0b\x32\x0e.dhtwisted.GetH\x00\x12(\n\tget_reply\x18\x1f \x01(\x0b\x32\x13.dhtwisted.GetReplyH\x00\x12%\n\x07prepare\x18( \x01(\x0b\x32\x12.dhtwisted.PrepareH\x00\x12\x1f\n\x04vote\x18) \x01(\x0b\x32\x0f.dhtwisted.VoteH\x00\x12#\n\x06\x63ommit\x18* \x01(\x0b\x32\x11.dhtwisted.CommitH\x00\x12!\n\x05\x61\x62ort\x18+ \x01(\x0b\x32\x10.dhtwisted.AbortH\x00\x12\x1d\n\x03\x61\x63k\x18, \x01(\x0b\x32\x0e.dhtwisted.AckH\x00\x12(\n\ttxn_query\x18- \x01(\x0b\x32\x13.dhtwisted.TxnQueryH\x00\x12*\n\ntxn_status\x18. \x01(\x0b\x32\x14.dhtwisted.TxnStatusH\x00\x12\x1f\n\x04push\x18\x32 \x01(\x0b\x32\x0f.dhtwisted.PushH\x00\x12&\n\x08push_ack\x18\x33 \x01(\x0b\x32\x12.dhtwisted.PushAckH\x00\x42\x06\n\x04\x62ody\";\n\x05Hello\x12!\n\x06member\x18\x01 \x01(\x0b\x32\x11.dhtwisted.Member\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\"P\n\x07Welcome\x12!\n\x06member\x18\x01 \x01(\x0b\x32\x11.dhtwisted.Member\x12\"\n\x07members\x18\x02 \x03(\x0b\x32\x11.dhtwisted.Member\"\x17\n\x05\x45rror\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x06\n\x04Ping\"\x06\n\x04Pong\"\xbe\x01\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\r\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x11\n\theartbeat\x18\x05 \x01(\x04\x12!\n\x06status\x18\x06 \x01(\x0e\x32\x11.dhtwisted.Status\x12\x0c\n\x04keys\x18\x07 \x01(\x04\x12\x0e\n\x06memory\x18\x08 \x01(\x04\x12\x0c\n\x04rate\x18\t \x01(\x02\x12\x0c\n\x04view\x18\n \x01(\x06\",\n\x06Gossip\x12\"\n\x07members\x18\x01 \x03(\x0b\x32\x11.dhtwisted.Member\"H\n\x06Record\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x0c\x12\x11\n\ttombstone\x18\x03 \x01(\x08\x12\r\n\x05value\x18\x04 \x01(\x0c\"\x13\n\x03Get\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\".\n\x08GetReply\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.dhtwisted.Record\"7\n\x06Writes\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x0e\n\x06values\x18\x02 \x03(\x0c\x12\x0f\n\x07\x64\x65letes\x18\x03 \x03(\r\"w\n\x07Prepare\x12\x0c\n\x04txid\x18\x01 \x01(\t\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x14\n\x0cparticipants\x18\x03 \x03(\t\x12!\n\x06writes\x18\x04 \x01(\x0b\x32\x11.dhtwisted.Writes\x12\x10\n\x08priority\x18\x05 \x01(\x0c\"i\n\x04Vote\x12\x0c\n\x04txid\x18\x01 \x01(\t\x12\x0b\n\x03yes\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x63onflict\x18\x04 \x01(\x08\x12\x13\n\x0bmax_version\x18\x05 \x01(\x0c\x12\x0f\n\x07\x65xisted\x18\x06 \x03(\x08\"J\n\x06\x43ommit\x12\x0c\n\x04txid\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x0c\x12!\n\x06writes\x18\x03 \x01(\x0b\x32\x11.dhtwisted.Writes\"\x15\n\x05\x41\x62ort\x12\x0c\n\x04txid\x18\x01 \x01(\t\"\x05\n\x03\x41\x63k\"\x18\n\x08TxnQuery\x12\x0c\n\x04txid\x18\x01 \x01(\t\"\x95\x01\n\tTxnStatus\x12\x0c\n\x04txid\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.dhtwisted.TxnStatus.State\x12\x0f\n\x07version\x18\x03 \x01(\x0c\">\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0c\n\x08PREPARED\x10\x01\x12\r\n\tCOMMITTED\x10\x02\x12\x0b\n\x07\x41\x42ORTED\x10\x03\"*\n\x04Push\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.dhtwisted.Record\"\x19\n\x07PushAck\x12\x0e\n\x06stored\x18\x01 \x03(\x0c*4\n\x06Status\x12\t\n\x05\x41LIVE\x10\x00\x12\x0b\n\x07SUSPECT\x10\x01\x12\x08\n\x04\x44\x45\x41\x44\x10\x02\x12\x08\n\x04LEFT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dht_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=1896
-  _globals['_STATUS']._serialized_end=1948
+  _globals['_STATUS']._serialized_start=1954
+  _globals['_STATUS']._serialized_end=2006
   _globals['_FRAME']._serialized_start=24
   _globals['_FRAME']._serialized_end=71
   _globals['_ENVELOPE']._serialized_start=74
@@ -48,35 +48,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PONG']._serialized_start=924
   _globals['_PONG']._serialized_end=930
   _globals['_MEMBER']._serialized_start=933
-  _globals['_MEMBER']._serialized_end=1065
-  _globals['_GOSSIP']._serialized_start=1067
-  _globals['_GOSSIP']._serialized_end=1111
-  _globals['_RECORD']._serialized_start=1113
-  _globals['_RECORD']._serialized_end=1185
-  _globals['_GET']._serialized_start=1187
-  _globals['_GET']._serialized_end=1206
-  _globals['_GETREPLY']._serialized_start=1208
-  _globals['_GETREPLY']._serialized_end=1254
-  _globals['_WRITES']._serialized_start=1256
-  _globals['_WRITES']._serialized_end=1311
-  _globals['_PREPARE']._serialized_start=1313
-  _globals['_PREPARE']._serialized_end=1432
-  _globals['_VOTE']._serialized_start=1434
-  _globals['_VOTE']._serialized_end=1539
-  _globals['_COMMIT']._serialized_start=1541
-  _globals['_COMMIT']._serialized_end=1615
-  _globals['_ABORT']._serialized_start=1617
-  _globals['_ABORT']._serialized_end=1638
-  _globals['_ACK']._serialized_start=1640
-  _globals['_ACK']._serialized_end=1645
-  _globals['_TXNQUERY']._serialized_start=1647
-  _globals['_TXNQUERY']._serialized_end=1671
-  _globals['_TXNSTATUS']._serialized_start=1674
-  _globals['_TXNSTATUS']._serialized_end=1823
-  _globals['_TXNSTATUS_STATE']._serialized_start=1761
-  _globals['_TXNSTATUS_STATE']._serialized_end=1823
-  _globals['_PUSH']._serialized_start=1825
-  _globals['_PUSH']._serialized_end=1867
-  _globals['_PUSHACK']._serialized_start=1869
-  _globals['_PUSHACK']._serialized_end=1894
+  _globals['_MEMBER']._serialized_end=1123
+  _globals['_GOSSIP']._serialized_start=1125
+  _globals['_GOSSIP']._serialized_end=1169
+  _globals['_RECORD']._serialized_start=1171
+  _globals['_RECORD']._serialized_end=1243
+  _globals['_GET']._serialized_start=1245
+  _globals['_GET']._serialized_end=1264
+  _globals['_GETREPLY']._serialized_start=1266
+  _globals['_GETREPLY']._serialized_end=1312
+  _globals['_WRITES']._serialized_start=1314
+  _globals['_WRITES']._serialized_end=1369
+  _globals['_PREPARE']._serialized_start=1371
+  _globals['_PREPARE']._serialized_end=1490
+  _globals['_VOTE']._serialized_start=1492
+  _globals['_VOTE']._serialized_end=1597
+  _globals['_COMMIT']._serialized_start=1599
+  _globals['_COMMIT']._serialized_end=1673
+  _globals['_ABORT']._serialized_start=1675
+  _globals['_ABORT']._serialized_end=1696
+  _globals['_ACK']._serialized_start=1698
+  _globals['_ACK']._serialized_end=1703
+  _globals['_TXNQUERY']._serialized_start=1705
+  _globals['_TXNQUERY']._serialized_end=1729
+  _globals['_TXNSTATUS']._serialized_start=1732
+  _globals['_TXNSTATUS']._serialized_end=1881
+  _globals['_TXNSTATUS_STATE']._serialized_start=1819
+  _globals['_TXNSTATUS_STATE']._serialized_end=1881
+  _globals['_PUSH']._serialized_start=1883
+  _globals['_PUSH']._serialized_end=1925
+  _globals['_PUSHACK']._serialized_start=1927
+  _globals['_PUSHACK']._serialized_end=1952
 # @@protoc_insertion_point(module_scope)
