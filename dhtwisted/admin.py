@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 import hiredis
 
 from .config import parse_address
+from .status import human_size
 
 __all__ = ["ask", "format_key", "format_ring", "format_status", "main"]
 
@@ -70,14 +71,6 @@ def ask(host: str, port: int, *args: bytes, timeout: float = 10.0) -> Any:
     return reply
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "K", "M", "G"):
-        if n < 1024 or unit == "G":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024  # type: ignore[assignment]
-    raise AssertionError("unreachable")
-
-
 def _percent(share: float) -> str:
     return f"{share * 100:.1f}%"
 
@@ -104,7 +97,7 @@ def format_status(doc: dict[str, Any]) -> str:
             "*" if m["me"] else "",
             m["id"], m["address"], m["status"], _tokens(m["tokens"]),
             _percent(m["share"]), _percent(m["owns"]), str(m["keys"]),
-            _size(m["memory"]), f"{m['rate']:.1f}", f"{m['heartbeat_age']:.1f}s",
+            human_size(m["memory"]), f"{m['rate']:.1f}", f"{m['heartbeat_age']:.1f}s",
         ))
     lines = _table(("", "ID", "ADDRESS", "STATUS", "RING IDS", "SHARE", "OWNS", "KEYS",
                     "MEMORY", "REQ/S", "HEARTBEAT"), rows)

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import os
 import random
+import resource
 import sys
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -44,7 +45,14 @@ from .peer import Connect, PeerFactory, PeerPool, PeerProtocol, PeerUnavailable
 from .replica import RemoteReplica
 from .ring import Ring, node_tokens
 from .server import NodeFactory, NodeProtocol
-from .status import RateMeter, cluster_status, key_status, resident_memory, ring_status
+from .status import (
+    RateMeter,
+    cluster_status,
+    human_size,
+    key_status,
+    resident_memory,
+    ring_status,
+)
 from .store import Record, Store
 from .twopc import (
     COMMITTED,
@@ -793,6 +801,9 @@ class DHTNode(MultiService):
         """
         now = self.reactor.seconds()
         members = self.membership.members()
+        me = self.membership.me
+        rss = resident_memory()
+        peak = max(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         sections = {
             "server": [
                 ("dhtwisted_version", __version__),
@@ -821,9 +832,14 @@ class DHTNode(MultiService):
                 ("read_quorum", self.config.read_quorum),
                 ("ring_size", self.config.ring_size),
                 ("tokens", ",".join(map(str, self.tokens))),
-                ("gossip_rounds", self.stats["gossip_rounds"]),
-                ("stabilization_pushed", self.stats["pushed"]),
-                ("stabilization_handed_off", self.stats["handed_off"]),
+                ("ring_agreed", int(all(m.view == me.view for m in members if m.live))),
+            ],
+            "memory": [
+                ("used_memory_rss", rss),
+                ("used_memory_rss_human", human_size(rss, 2)),
+                ("used_memory_peak", peak),
+                ("used_memory_peak_human", human_size(peak, 2)),
+                ("rss_per_record", rss // len(self.store) if len(self.store) else 0),
             ],
             "stats": [
                 ("total_commands_processed", sum(self.commands.calls.values())),
@@ -833,6 +849,12 @@ class DHTNode(MultiService):
                 ("txn_retries", self.coordinator.stats["retries"]),
                 ("txn_unconfirmed", self.coordinator.stats["unconfirmed"]),
                 ("txn_resolved", self.stats["resolved"]),
+                ("txn_in_doubt", self.participant.in_doubt),
+                ("gossip_rounds", self.stats["gossip_rounds"]),
+                ("stabilization_pushed", self.stats["pushed"]),
+                ("stabilization_handed_off", self.stats["handed_off"]),
+                ("stabilization_backlog", self.backlog),
+                ("instantaneous_ops_per_sec", round(me.rate, 1)),
             ]
             + [(f"cmd_{name.decode().lower()}", n)
                for name, n in sorted(self.commands.calls.items())],

@@ -20,8 +20,8 @@ from .ring import Ring, key_position
 from .store import Record
 from .version import NO_VERSION, VERSION_SIZE, version_millis
 
-__all__ = ["RateMeter", "cluster_status", "key_status", "resident_memory", "ring_status",
-           "version_text"]
+__all__ = ["RateMeter", "cluster_status", "human_size", "key_status", "resident_memory",
+           "ring_status", "version_text"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -36,6 +36,17 @@ def resident_memory() -> int:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def human_size(n: float, decimals: int = 1) -> str:
+    """
+    A byte count for people, in powers of 1024: C{512B}, C{48.0M}.
+    """
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}B" if unit == "B" else f"{n:.{decimals}f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 class RateMeter:

@@ -302,3 +302,31 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(client.command(b"dht leave"), b"ok\r\n")
         self.cluster.run(1)
         self.assertEqual(stopped, [True])
+
+    def test_info_sections(self) -> None:
+        """
+        C{INFO} has Redis's sections plus the cluster's; C{INFO memory}
+        only the memory section; the stats count commands, transactions,
+        gossip and stabilization.
+        """
+        client = self.cluster.client(0)
+        for i in range(5):
+            self.assertEqual(client.command(b"set k%d v" % i), b"ok\r\n")
+        self.cluster.run(2)
+        info = client.command(b"info").decode()
+        headers = [line for line in info.split("\r\n") if line.startswith("# ")]
+        self.assertEqual(headers, ["# Server", "# Clients", "# Keyspace", "# Cluster",
+                                   "# Memory", "# Stats"])
+        fields = dict(line.split(":", 1) for line in info.split("\r\n") if ":" in line)
+        self.assertEqual(fields["cmd_set"], "5")
+        self.assertEqual(fields["txn_commits"], "5")
+        self.assertEqual(fields["txn_in_doubt"], "0")
+        self.assertEqual(fields["ring_agreed"], "1")
+        self.assertEqual(fields["stabilization_backlog"], "0")
+        self.assertGreater(int(fields["gossip_rounds"]), 10)
+        self.assertGreater(int(fields["used_memory_rss"]), 1_000_000)
+        self.assertRegex(fields["used_memory_rss_human"], r"^\d+\.\d\dM$")
+        self.assertGreater(float(fields["instantaneous_ops_per_sec"]), 0)
+        memory = client.command(b"info memory").decode()
+        self.assertTrue(memory.startswith("# Memory\r\nused_memory_rss:"), memory)
+        self.assertNotIn("# Stats", memory)
