@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 CONFIG ?= etc/node.ini
-SOURCES := setup.py README.md $(shell find dhtwisted twisted -name '*.py' 2>/dev/null)
+SOURCES := setup.py README.md $(shell find dhtwisted twisted -name '*.py' -o -name '*.html' 2>/dev/null)
 
 .PHONY: install run test trial lint proto sim chaos bench bench-quick redis clean
 

@@ -16,7 +16,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["dhtwisted", "dhtwisted.*"]) + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["dhtwisted_dht.py"]},
+    package_data={"twisted.plugins": ["dhtwisted_dht.py"], "dhtwisted": ["status.html"]},
     include_package_data=False,
     install_requires=[
         "twisted[tls]>=24.7.0",
@@ -26,6 +26,9 @@ setup(
         "service-identity>=24.1.0",
         # a RESP parser in C: the client commands of a read are parsed in one call
         "hiredis>=3.0",
+        # the metrics endpoint: Prometheus's own exposition format and process
+        # collector, rather than a hand-written copy
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from time import perf_counter
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
@@ -20,11 +21,13 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Union
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .logs import OBSERVER
+from .metrics import Histogram
 from .twopc import PENDING, TransactionFailed
 
 __all__ = ["PENDING", "Commands", "ErrorReply", "HelloReply", "Lines", "OK", "QUIT", "Status"]
 
-log = Logger()
+log = Logger(observer=OBSERVER)
 
 
 class Status(str):
@@ -172,6 +175,7 @@ class _Command:
     min_args: int
     max_args: int
     pairs: bool = False  # arguments after the name come in pairs
+    waits: bool = False  # may answer later, when replicas have
 
 
 class Commands:
@@ -193,6 +197,10 @@ class Commands:
         self._max_write = _ANY if max_write is None else max_write
         self.calls: Counter[bytes] = Counter()  # upper-case command name -> count
         self.errors = 0
+        # upper-case command name -> time from reading a command to its reply
+        self.latency: dict[bytes, Histogram] = {}
+        self._read_at = perf_counter()  # when the commands being run were read
+        self._at_once: dict[bytes, int] = {}  # commands of this read answered at once
         self._hold = getattr(node, "hold", None)
         self._release = getattr(node, "release", None)
         self._alone = getattr(node, "alone", lambda: False)
@@ -204,6 +212,7 @@ class Commands:
         client's pipelined commands): the node may gather their writes into
         one transaction.
         """
+        self._read_at = perf_counter()
         if self._hold is not None:
             self._hold()
 
@@ -216,6 +225,19 @@ class Commands:
                 self._release()
             except Exception:
                 log.failure("starting gathered writes failed")
+        at_once = self._at_once
+        if at_once:
+            # the replies ready at once go out now, together
+            took = perf_counter() - self._read_at
+            for name, count in at_once.items():
+                self._histogram(name).observe(took, count)
+            at_once.clear()
+
+    def _histogram(self, name: bytes) -> Histogram:
+        histogram = self.latency.get(name)
+        if histogram is None:
+            histogram = self.latency[name] = Histogram()
+        return histogram
 
     def execute(self, args: list[bytes], respond: Respond) -> Any:
         """
@@ -248,12 +270,26 @@ class Commands:
         calls = self.calls
         calls[name] = calls.get(name, 0) + 1
         try:
-            return command.run(self, args, respond)
+            if command.waits:
+                read_at = self._read_at
+                histogram = self._histogram(name)
+
+                def timed(reply: Reply) -> None:
+                    histogram.observe(perf_counter() - read_at)
+                    respond(reply)
+
+                result = command.run(self, args, timed)
+            else:
+                result = command.run(self, args, respond)
         except Exception:
             # a bug, not the client's doing: say so, keep serving
             self.errors += 1
             log.failure("command {name} failed", name=name.decode("ascii", "replace"))
-            return ErrorReply("internal error, see the node's log")
+            result = ErrorReply("internal error, see the node's log")
+        if result is not PENDING:
+            at_once = self._at_once
+            at_once[name] = at_once.get(name, 0) + 1
+        return result
 
     def execute_bulk(self, commands: list[list[bytes]], start: int,
                      respond: Callable[[list[Reply]], None]) -> Optional[tuple[int, Any]]:
@@ -296,9 +332,14 @@ class Commands:
             elif len(run) < 2:
                 return _NO_RUN
             else:
+                read_at = self._read_at
+
+                def finished(results: list[Any]) -> None:
+                    self._histogram(b"SET").observe(perf_counter() - read_at, len(results))
+                    respond(self._run_replies(results))
+
                 try:
-                    count, results = self._write_run(  # type: ignore[misc]
-                        run, lambda results: respond(self._run_replies(results)))
+                    count, results = self._write_run(run, finished)  # type: ignore[misc]
                 except Exception:
                     # a bug, not the client's doing: say so for each, keep serving
                     self.errors += len(run)
@@ -319,6 +360,9 @@ class Commands:
         if count:
             calls = self.calls
             calls[kind] = calls.get(kind, 0) + count
+            if replies is not PENDING:
+                at_once = self._at_once
+                at_once[kind] = at_once.get(kind, 0) + count
         return count, replies
 
     def _run_replies(self, results: list[Any]) -> list[Reply]:
@@ -498,17 +542,17 @@ _NO_RUN = (0, [])
 _ANY = 1 << 30
 
 _TABLE: dict[bytes, _Command] = {
-    b"GET": _Command(Commands._get, 1, 1),
-    b"SET": _Command(Commands._set, 2, _ANY),
-    b"DEL": _Command(Commands._del, 1, _ANY),
-    b"MSET": _Command(Commands._mset, 2, _ANY, pairs=True),
-    b"MGET": _Command(Commands._mget, 1, _ANY),
-    b"EXISTS": _Command(Commands._exists, 1, _ANY),
+    b"GET": _Command(Commands._get, 1, 1, waits=True),
+    b"SET": _Command(Commands._set, 2, _ANY, waits=True),
+    b"DEL": _Command(Commands._del, 1, _ANY, waits=True),
+    b"MSET": _Command(Commands._mset, 2, _ANY, pairs=True, waits=True),
+    b"MGET": _Command(Commands._mget, 1, _ANY, waits=True),
+    b"EXISTS": _Command(Commands._exists, 1, _ANY, waits=True),
     b"PING": _Command(Commands._ping, 0, 1),
     b"ECHO": _Command(Commands._echo, 1, 1),
     b"INFO": _Command(Commands._info, 0, 1),
     b"MEMBERS": _Command(Commands._members, 0, 0),
-    b"DHT": _Command(Commands._dht, 1, 2),
+    b"DHT": _Command(Commands._dht, 1, 2, waits=True),
     b"QUIT": _Command(Commands._quit, 0, _ANY),
     b"EXIT": _Command(Commands._quit, 0, _ANY),
     b"HELLO": _Command(Commands._hello, 0, _ANY),

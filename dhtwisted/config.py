@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional
 
+from .logs import LEVELS
+
 __all__ = [
     "Address",
     "ConfigError",
@@ -147,6 +149,8 @@ class Setting:
     :ivar low: smallest allowed value (numbers only).
     :ivar high: largest allowed value (numbers only).
     :ivar doc: the one-line comment shipped in etc/node.ini.
+    :ivar attr: the L{NodeConfig} attribute, when not C{name} (two
+        sections have a C{listen}).
     """
 
     section: str
@@ -156,6 +160,14 @@ class Setting:
     doc: str
     low: Optional[float] = None
     high: Optional[float] = None
+    attr: str = ""
+
+    @property
+    def field(self) -> str:
+        """
+        The L{NodeConfig} attribute this setting fills.
+        """
+        return self.attr or self.name
 
     def convert(self, text: str) -> object:
         """
@@ -178,6 +190,32 @@ def _fmt(number: float) -> str:
 
 def _parse_listen(text: str) -> Address:
     return parse_address(text, allow_port_zero=True)
+
+
+def _parse_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LEVELS:
+        raise ValueError(f"expected one of {', '.join(LEVELS)}, got {text!r}")
+    return value
+
+
+_ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl")
+
+
+def _parse_endpoint(text: str) -> str:
+    """
+    A Twisted server endpoint string, C{host:port} for short, or empty.
+    """
+    value = text.strip()
+    if not value:
+        return ""
+    short = re.match(r"^([^:\s\[\]]+):(\d+)$", value)
+    if short and short.group(1) not in _ENDPOINT_TYPES:
+        return f"tcp:{short.group(2)}:interface={short.group(1)}"
+    if value.split(":", 1)[0] not in _ENDPOINT_TYPES:
+        raise ValueError("expected an endpoint such as tcp:9100:interface=127.0.0.1 "
+                         f"(or 127.0.0.1:9100), got {text!r}")
+    return value
 
 
 SCHEMA: tuple[Setting, ...] = (
@@ -254,6 +292,15 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("limits", "max_pipeline", _parse_int, "1024",
             "commands of one client in progress before the node stops reading it",
             low=1, high=1_000_000),
+    # [log]
+    Setting("log", "level", _parse_level, "info",
+            "least severe events logged: debug (also client connections and HTTP requests), "
+            "info, warn, error or critical", attr="log_level"),
+    # [metrics]
+    Setting("metrics", "listen", _parse_endpoint, "",
+            "where to serve Prometheus metrics (/metrics) and the status page (/), as a "
+            "Twisted endpoint such as tcp:9100:interface=127.0.0.1; empty: off",
+            attr="metrics_listen"),
 )
 
 _BY_KEY: dict[tuple[str, str], Setting] = {(s.section, s.name): s for s in SCHEMA}
@@ -292,6 +339,8 @@ class NodeConfig:
     max_frame: int
     max_clients: int
     max_pipeline: int
+    log_level: str
+    metrics_listen: str
     source: str = "(defaults)"
 
     def replace(self, **changes: object) -> "NodeConfig":
@@ -375,7 +424,7 @@ def _read(parser: configparser.ConfigParser, source: str) -> NodeConfig:
     for setting in SCHEMA:
         text = parser.get(setting.section, setting.name, fallback=setting.default)
         try:
-            values[setting.name] = setting.convert(text)
+            values[setting.field] = setting.convert(text)
         except ValueError as e:
             raise ConfigError(str(e), f"{source}: [{setting.section}] {setting.name}") from None
     return _build(values, source)
@@ -439,7 +488,7 @@ def override(config: NodeConfig, changes: Iterable[tuple[str, str, str]]) -> Nod
     values: dict[str, object] = {}
     options: dict[str, str] = {}
     for option, name, text in changes:
-        setting = next(s for s in SCHEMA if s.name == name)
+        setting = next(s for s in SCHEMA if s.field == name)
         try:
             values[name] = setting.convert(text)
         except ValueError as e:

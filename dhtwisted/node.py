@@ -29,6 +29,7 @@ from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ClientEndpoint,
     TCP6ServerEndpoint,
+    serverFromString,
 )
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
@@ -36,6 +37,8 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import logs
+from .logs import OBSERVER
 from . import __version__
 from .commands import Commands
 from .config import Address, NodeConfig, parse_address
@@ -45,6 +48,7 @@ from .peer import Connect, PeerFactory, PeerPool, PeerProtocol, PeerUnavailable
 from .replica import RemoteReplica
 from .ring import Ring, node_tokens
 from .server import NodeFactory, NodeProtocol
+from .web import status_site
 from .status import (
     RateMeter,
     cluster_status,
@@ -79,7 +83,7 @@ from .wire import (
 
 __all__ = ["DHTNode"]
 
-log = Logger()
+log = Logger(observer=OBSERVER)
 
 
 #: Records per push message, and per slice of a stabilization pass.
@@ -109,6 +113,7 @@ class DHTNode(MultiService):
                  rng: Optional[random.Random] = None,
                  shutdown: Optional[Callable[[], None]] = None) -> None:
         super().__init__()
+        logs.configure(config.log_level)
         # how a node asked to leave stops its process (twistd then stops
         # the service: it hands its keys over first)
         self._shutdown = shutdown or getattr(reactor, "stop", None)
@@ -176,6 +181,7 @@ class DHTNode(MultiService):
         self._view = (-1, 0)  # (membership version, its ring digest)
         self.port: Optional[IListeningPort] = None
         self.address: Optional[Address] = None
+        self.web_port: Optional[IListeningPort] = None  # [metrics] listen
 
     # -- service
 
@@ -187,17 +193,19 @@ class DHTNode(MultiService):
         listen = self.config.listen
         endpoint_type = TCP6ServerEndpoint if ":" in listen.host else TCP4ServerEndpoint
         endpoint = endpoint_type(self.reactor, listen.port, interface=listen.host)
-        outcome: list[Any] = []
-        endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            raise RuntimeError(f"listening on {listen} did not finish at once")
-        result = outcome[0]
-        if not IListeningPort.providedBy(result):
-            result.raiseException()
-        self.port = result
-        self.address = Address(listen.host, result.getHost().port)
+        self.port = _listen_now(endpoint, self.factory, str(listen))
+        self.address = Address(listen.host, self.port.getHost().port)
         if self.config.advertise is None:
             self.membership.update_me(address=str(self.address))
+        if self.config.metrics_listen:
+            try:
+                self.web_port = _listen_now(
+                    serverFromString(self.reactor, self.config.metrics_listen),
+                    status_site(self), self.config.metrics_listen)
+            except BaseException:
+                self.port.stopListening()
+                self.port = None
+                raise
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -207,11 +215,19 @@ class DHTNode(MultiService):
         if self.port is None:
             self.privilegedStartService()
         super().startService()
+        logs.configure(self.config.log_level, self.node_id)
         log.info(
-            "dht node {node_id} listening on {address}",
-            node_id=self.node_id,
+            "dht node {node} listening on {address}",
+            node=self.node_id,
             address=str(self.address),
         )
+        if self.web_port is not None:
+            where = self.web_port.getHost()
+            host = getattr(where, "host", None)
+            url = (f"http://{'[' + host + ']' if ':' in host else host}:{where.port}/"
+                   if host is not None else f"unix:{getattr(where, 'name', '?')}")
+            log.info("node {node}: status page and /metrics at {url}",
+                     node=self.node_id, url=url)
         for loop, interval in self._loops:
             loop.start(interval, now=True).addErrback(
                 lambda f: log.failure("background work stopped", f)
@@ -242,30 +258,32 @@ class DHTNode(MultiService):
         """
         peers = self.membership.peers()
         self.membership.leave(self.reactor.seconds())
-        log.info("node {node_id} leaving: handing {count} records to {peers} peers",
-                 node_id=self.node_id, count=len(self.store), peers=len(peers))
+        log.info("node {node} leaving: handing {count} records to {peers} peers",
+                 node=self.node_id, count=len(self.store), peers=len(peers))
         table = self._table()
         await DeferredList([self._gossip_with(m.node_id, m.address, table) for m in peers],
                            consumeErrors=True)
         while len(self.store):
             if not self.membership.peers():
                 # the others left too (a whole cluster stopping): nobody to take them
-                log.warn("node {node_id} left with {count} records: no live member "
-                         "remains to take them", node_id=self.node_id, count=len(self.store))
+                log.warn("node {node} left with {count} records: no live member "
+                         "remains to take them", node=self.node_id, count=len(self.store))
                 return
             before = len(self.store)
             await self._stabilize_pass(self.membership.version)
             if len(self.store) == before:
                 await deferLater(self.reactor, min(1.0, self.config.rpc_timeout))
-        log.info("node {node_id} handed all its keys over", node_id=self.node_id)
+        log.info("node {node} handed all its keys over", node=self.node_id)
 
     def _stop(self) -> Deferred[None]:
         self.coordinator.stop()
         self.pool.close()
         port, self.port = self.port, None
+        web_port, self.web_port = self.web_port, None
         d = maybeDeferred(super().stopService)
-        if port is not None:
-            d.addCallback(lambda _: port.stopListening())
+        for listening in (port, web_port):
+            if listening is not None:
+                d.addCallback(lambda _, listening=listening: listening.stopListening())
         return d
 
     # -- the ring
@@ -556,11 +574,13 @@ class DHTNode(MultiService):
             if not old:
                 member = self.membership.get(node_id)
                 log.info("member {peer} joined at {address}", peer=node_id,
-                         address=member.address if member else "?")
+                         address=member.address if member else "?", node=self.node_id)
             elif not new:
-                log.info("member {peer} forgotten (was {old})", peer=node_id, old=old)
+                log.info("member {peer} forgotten (was {old})", peer=node_id, old=old,
+                         node=self.node_id)
             else:
-                log.info("member {peer} is {new} (was {old})", peer=node_id, new=new, old=old)
+                log.info("member {peer} is {new} (was {old})", peer=node_id, new=new, old=old,
+                         node=self.node_id)
 
     # -- background work
 
@@ -944,6 +964,21 @@ class DHTNode(MultiService):
             lines.append(f"{m.node_id} {m.address} ring_ids={tokens} status={m.status} "
                          f"heartbeat_age={age:.1f}")
         return lines
+
+
+def _listen_now(endpoint: Any, factory: Any, where: str) -> IListeningPort:
+    """
+    Listen on C{endpoint}; raise at once if that fails, so that twistd
+    stops with the reason.
+    """
+    outcome: list[Any] = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome:
+        raise RuntimeError(f"listening on {where} did not finish at once")
+    result = outcome[0]
+    if not IListeningPort.providedBy(result):
+        result.raiseException()
+    return result  # type: ignore[no-any-return]
 
 
 def _record_cost(key: bytes, record: Record) -> int:

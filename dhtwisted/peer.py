@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
+from .logs import OBSERVER
 from .membership import Member, Refused
 from .sending import write_now
 from .wire import PREAMBLE, Envelope, Frame, member_from_pb, member_to_pb
@@ -40,7 +41,7 @@ __all__ = [
     "PeerUnavailable",
 ]
 
-log = Logger()
+log = Logger(observer=OBSERVER)
 
 #: A callback that gets a result, or an C{Exception} in its place.
 Answer = Callable[[Any], None]

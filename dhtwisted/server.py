@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .logs import OBSERVER
 from .commands import OK, PENDING, QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
 from .quoting import QuotingError, quote_value, reply_shape, split_args
 from .sending import write_now
@@ -41,7 +42,7 @@ from .resp import (
 
 __all__ = ["NodeFactory", "NodeProtocol", "PEER_MAGIC", "encode_resp", "encode_text"]
 
-log = Logger()
+log = Logger(observer=OBSERVER)
 
 #: The first bytes of a peer link; a protocol version follows. No text or
 #: RESP client starts with a NUL byte.
@@ -196,6 +197,7 @@ class NodeProtocol(Protocol):
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             setNoDelay(True)
+        log.debug("connection from {address}", address=_peer_text(self.transport))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """
@@ -210,6 +212,8 @@ class NodeProtocol(Protocol):
         self.factory.connections -= 1
         if self._counted:
             self.factory.clients -= 1
+        if self._peer is None:
+            log.debug("connection from {address} closed", address=_peer_text(self.transport))
 
     def readConnectionLost(self) -> None:
         """
@@ -545,6 +549,17 @@ class NodeProtocol(Protocol):
             self._out = []
         if self._done and not self._replies and not self._lost:
             self.transport.loseConnection()
+
+
+def _peer_text(transport: Any) -> str:
+    """
+    The other end of a connection, as C{host:port}.
+    """
+    try:
+        where = transport.getPeer()
+        return f"{where.host}:{where.port}"
+    except Exception:
+        return "?"
 
 
 def _text_shape(reply: Reply, kind: str, count: int) -> Reply:

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .logs import OBSERVER, key_text
 from .interfaces import IReplica
 from .store import ABSENT, MISSING, Store
 from .version import NO_VERSION, HybridClock
@@ -40,7 +41,7 @@ Write = tuple[bytes, Optional[bytes]]
 #: A callback that gets a result, or an C{Exception} in its place.
 Answer = Callable[[Any], None]
 
-log = Logger()
+log = Logger(observer=OBSERVER)
 
 
 class TransactionFailed(Exception):
@@ -979,7 +980,15 @@ class _Write(_Operation):
         self.committed = False
 
     def finish(self, outcome: Any) -> None:
-        self.c._finished(self)
+        c = self.c
+        c._finished(self)
+        if isinstance(outcome, Exception):
+            # one line per write that failed (a group's failed writes each
+            # come here once, alone)
+            log.warn("transaction {txid} writing {key} ({keys} keys) failed: {why}",
+                     txid=self.txid or "(not started)",
+                     key=key_text(self.writes[0][0]), keys=len(self.writes),
+                     why=str(outcome), node=c._node_id)
         super().finish(outcome)
 
     def share(self, node: str) -> list[Write]:

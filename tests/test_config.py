@@ -457,3 +457,24 @@ class TombstoneRuleTests(SynchronousTestCase):
         self.assertTrue(str(caught.exception).startswith("t.ini: [timers] tombstone_ttl: "))
         config = config_from_string("[timers]\ntombstone_ttl = 31\n")
         self.assertEqual(config.tombstone_ttl, 31.0)
+
+
+class MetricsListenTests(SynchronousTestCase):
+    """
+    C{[metrics] listen}: an endpoint string, host:port for short, or off.
+    """
+
+    def test_forms(self) -> None:
+        def listen(text: str) -> str:
+            return config_from_string(f"[metrics]\nlisten = {text}\n").metrics_listen
+
+        self.assertEqual(default_config().metrics_listen, "")
+        self.assertEqual(listen("tcp:9100:interface=127.0.0.1"), "tcp:9100:interface=127.0.0.1")
+        self.assertEqual(listen("127.0.0.1:9100"), "tcp:9100:interface=127.0.0.1")
+        self.assertEqual(listen("tcp6:9100:interface=\\:\\:1"), "tcp6:9100:interface=\\:\\:1")
+        self.assertEqual(default_config().listen.port, 9000)  # [node] listen is another key
+
+    def test_bad(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            config_from_string("[metrics]\nlisten = http://localhost:9100\n", "n.ini")
+        self.assertEqual(str(caught.exception).split(": expected")[0], "n.ini: [metrics] listen")

@@ -1,0 +1,73 @@
+# -*- test-case-name: tests.test_logs -*-
+"""
+The node's log: twisted.logger events, filtered by level, with the same
+keys everywhere.
+
+Keys: C{node} (the node that logs; added to every event of the process's
+node), C{peer} (another node), C{txid} (a transaction), C{key} (a client
+key, as text), C{address} (a C{host:port} not yet known as a member),
+C{why} (what went wrong). Membership changes and failed transactions are
+one line each. Nothing is logged per client command; client connections
+and HTTP requests are logged at debug level, which C{[log] level} leaves
+out by default.
+
+Every module logs through C{Logger(observer=OBSERVER)}.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.logger import (
+    FilteringLogObserver,
+    LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
+
+__all__ = ["LEVELS", "OBSERVER", "configure", "key_text"]
+
+#: The levels C{[log] level} accepts.
+LEVELS = ("debug", "info", "warn", "error", "critical")
+
+_levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+
+
+class _NodeTag:
+    """
+    Adds C{node} to the events of the process's node, then publishes them.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: set[str] = set()
+
+    def __call__(self, event: LogEvent) -> None:
+        if "node" not in event and len(self.nodes) == 1:
+            event["node"] = next(iter(self.nodes))
+        globalLogPublisher(event)
+
+
+_tag = _NodeTag()
+
+#: Where dhtwisted's loggers send their events.
+OBSERVER = FilteringLogObserver(_tag, [_levels])
+
+
+def configure(level: str, node: Optional[str] = None) -> None:
+    """
+    Log events of C{level} and above; C{node} is a node started in this
+    process (events name it when it is the only one).
+    """
+    _levels.setLogLevelForNamespace("", LogLevel.levelWithName(level))
+    if node is not None:
+        _tag.nodes.add(node)
+
+
+def key_text(key: bytes) -> str:
+    """
+    A client key for a log line: UTF-8, other bytes escaped, at most 200
+    characters.
+    """
+    text = key[:200].decode("utf-8", "backslashreplace")
+    return text + "..." if len(key) > 200 else text
