@@ -8,7 +8,7 @@ PY := $(BIN)/python
 CONFIG ?= etc/node.ini
 SOURCES := setup.py README.md $(shell find dhtwisted twisted -name '*.py' -o -name '*.html' 2>/dev/null)
 
-.PHONY: install run test trial lint proto sim chaos bench bench-quick redis clean
+.PHONY: install run test trial lint proto sim chaos bench bench-quick redis browser clean
 
 # The venv with the dependencies (rebuilt when setup.py changes).
 $(VENV)/.deps: setup.py
@@ -29,10 +29,10 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/twistd -n dht --config $(CONFIG)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -b -m pytest -p no:cacheprovider -rs tests
 
-trial: $(VENV)/.installed
+trial: $(VENV)/.installed browser
 	$(PY) -b -m twisted.trial --random=0 tests
 
 # the deterministic simulation over many seeds (the suite runs 300)
@@ -50,6 +50,11 @@ redis:
 	@command -v redis-benchmark >/dev/null && command -v redis-server >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    redis-server redis-tools >/dev/null; }
+
+# Debian's chromium, headless, for the status page test, when missing
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 $(VENV)/.bench: $(VENV)/.deps
 	$(PY) -m pip install --quiet 'matplotlib>=3.7'
