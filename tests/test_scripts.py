@@ -235,3 +235,38 @@ class GracefulStopTests(SynchronousTestCase):
                 break
             time.sleep(0.5)
         self.assertTrue(all("keys:30\n" in c for c in counts), counts)
+
+    def test_stop_one_by_one_down_to_n(self) -> None:
+        """
+        Five nodes, 3 replicas, 500 keys: SIGTERM two nodes one after the
+        other, each waited for. Each hands its keys over (no leave timeout),
+        every key reads back after each stop, and in the end each of the 3
+        nodes left holds all 500.
+        """
+        base = free_block(5)
+        nodes = start_nodes("d", base, 5)
+        for node in nodes:
+            self.addCleanup(node.stop)
+        for i in range(5):
+            wait_members("127.0.0.1", base + i, 5)
+        keys = [f"user:{i}" for i in range(500)]
+        sets = "".join(f"set {k} value-of-{k}\n" for k in keys).encode()
+        self.assertEqual(client("127.0.0.1", base, sets), "ok\n" * 500)
+        expected = "".join(f"value-of-{k}\n" for k in keys)
+        left = [0, 1, 2, 3, 4]
+        for leaving in (4, 1):
+            nodes[leaving].process.send_signal(signal.SIGTERM)
+            self.assertEqual(nodes[leaving].process.wait(60), -signal.SIGTERM)
+            self.assertIn("handed all its keys over", nodes[leaving].log())
+            self.assertNotIn("left without handing every key over", nodes[leaving].log())
+            left.remove(leaving)
+            for i in left:
+                got = client("127.0.0.1", base + i, f"mget {' '.join(keys)}\n".encode())
+                self.assertEqual(got, expected, f"read through node {i}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            counts = [client("127.0.0.1", base + i, b"info keyspace\n") for i in left]
+            if all("keys:500\n" in c for c in counts):
+                break
+            time.sleep(0.5)
+        self.assertTrue(all("keys:500\n" in c for c in counts), counts)
