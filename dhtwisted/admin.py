@@ -76,9 +76,14 @@ def _percent(share: float) -> str:
 
 
 def _tokens(tokens: list[int]) -> str:
-    if len(tokens) <= 2:
+    # (as the status page shows them)
+    if len(tokens) <= 3:
         return ",".join(map(str, tokens))
-    return f"{tokens[0]},{tokens[1]}+{len(tokens) - 2}"
+    return f"{tokens[0]},{tokens[1]} +{len(tokens) - 2}"
+
+
+def _rate(rate: float) -> str:
+    return f"{rate:.1f}" if rate < 100 else f"{rate:.0f}"
 
 
 def _table(header: Sequence[str], rows: list[Sequence[str]]) -> list[str]:
@@ -94,18 +99,18 @@ def format_status(doc: dict[str, Any]) -> str:
     rows = []
     for m in doc["members"]:
         rows.append((
-            "*" if m["me"] else "",
-            m["id"], m["address"], m["status"], _tokens(m["tokens"]),
-            _percent(m["share"]), _percent(m["owns"]), str(m["keys"]),
-            human_size(m["memory"]), f"{m['rate']:.1f}", f"{m['heartbeat_age']:.1f}s",
+            m["id"] + ("*" if m["me"] else ""), m["address"], m["status"],
+            _tokens(m["tokens"]), _percent(m["share"]), _percent(m["owns"]), str(m["keys"]),
+            human_size(m["memory"]), _rate(m["rate"]), f"{m['heartbeat_age']:.1f}s",
         ))
-    lines = _table(("", "ID", "ADDRESS", "STATUS", "RING IDS", "SHARE", "OWNS", "KEYS",
-                    "MEMORY", "REQ/S", "HEARTBEAT"), rows)
+    # (AGE: since the member's heartbeat last increased; *: the node asked)
+    lines = _table(("ID", "ADDRESS", "STATUS", "TOKENS", "SHARE", "OWNS", "KEYS", "MEM",
+                    "REQ/S", "AGE"), rows)
     s = doc["summary"]
     agree = ("all live members agree on the ring" if s["agree"]
              else "live members DISAGREE on the ring (gossip has not settled)")
     lines.append("")
-    lines.append(f"{s['members']} members as {doc['node']} sees them: {s['live']} alive, "
+    lines.append(f"{s['members']} members as {doc['node']}* sees them: {s['alive']} alive, "
                  f"{s['suspect']} suspect, {s['dead']} dead, {s['left']} left; "
                  f"{s['replicas']} replicas; {agree}")
     return "\n".join(lines)
@@ -134,10 +139,12 @@ def format_key(doc: dict[str, Any]) -> str:
     """
     rows = []
     versions = set()
+    answered = 0
     for r in doc["replicas"]:
         if "error" in r:
             rows.append((r["node"], "?", f"no answer: {r['error']}"))
             continue
+        answered += 1
         versions.add(r["version"])
         held = ("not there" if r["version"] is None
                 else "deleted (tombstone)" if r["tombstone"]
@@ -149,7 +156,9 @@ def format_key(doc: dict[str, Any]) -> str:
     lines.append("")
     if len(versions) > 1:
         lines.append("replicas differ: stabilization will bring them to the newest version")
-    elif len(versions) == 1 and len(rows) == len(doc["replicas"]):
+    elif answered < len(doc["replicas"]):
+        lines.append(f"{answered} of {len(doc['replicas'])} replicas answered")
+    elif versions:
         lines.append("replicas agree")
     return "\n".join(lines)
 

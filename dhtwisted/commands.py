@@ -158,9 +158,9 @@ class NodeAPI(Protocol):
         document, or L{PENDING} and later C{done} with it.
         """
 
-    def leave(self) -> None:
+    def leave(self) -> bool:
         """
-        Leave the cluster for good (C{DHT LEAVE}).
+        Leave the cluster for good (C{DHT LEAVE}); whether it is leaving.
         """
 
 
@@ -175,7 +175,6 @@ class _Command:
     min_args: int
     max_args: int
     pairs: bool = False  # arguments after the name come in pairs
-    waits: bool = False  # may answer later, when replicas have
 
 
 class Commands:
@@ -199,7 +198,10 @@ class Commands:
         self.errors = 0
         # upper-case command name -> time from reading a command to its reply
         self.latency: dict[bytes, Histogram] = {}
-        self._read_at = perf_counter()  # when the commands being run were read
+        self.read_at = perf_counter()  # when the commands being run were read
+        # the name of the last command that answered PENDING: the caller
+        # times it (see observe)
+        self.waiting = b""
         self._at_once: dict[bytes, int] = {}  # commands of this read answered at once
         self._hold = getattr(node, "hold", None)
         self._release = getattr(node, "release", None)
@@ -212,7 +214,7 @@ class Commands:
         client's pipelined commands): the node may gather their writes into
         one transaction.
         """
-        self._read_at = perf_counter()
+        self.read_at = perf_counter()
         if self._hold is not None:
             self._hold()
 
@@ -228,16 +230,21 @@ class Commands:
         at_once = self._at_once
         if at_once:
             # the replies ready at once go out now, together
-            took = perf_counter() - self._read_at
+            took = perf_counter() - self.read_at
             for name, count in at_once.items():
-                self._histogram(name).observe(took, count)
+                self.observe(name, took, count)
             at_once.clear()
 
-    def _histogram(self, name: bytes) -> Histogram:
+    def observe(self, name: bytes, seconds: float, count: int = 1) -> None:
+        """
+        Count C{count} commands C{name} answered C{seconds} after they were
+        read. (Those answered at once are counted here; the caller counts
+        those that answered L{PENDING}, by L{waiting} and L{read_at}.)
+        """
         histogram = self.latency.get(name)
         if histogram is None:
             histogram = self.latency[name] = Histogram()
-        return histogram
+        histogram.observe(seconds, count)
 
     def execute(self, args: list[bytes], respond: Respond) -> Any:
         """
@@ -270,23 +277,15 @@ class Commands:
         calls = self.calls
         calls[name] = calls.get(name, 0) + 1
         try:
-            if command.waits:
-                read_at = self._read_at
-                histogram = self._histogram(name)
-
-                def timed(reply: Reply) -> None:
-                    histogram.observe(perf_counter() - read_at)
-                    respond(reply)
-
-                result = command.run(self, args, timed)
-            else:
-                result = command.run(self, args, respond)
+            result = command.run(self, args, respond)
         except Exception:
             # a bug, not the client's doing: say so, keep serving
             self.errors += 1
             log.failure("command {name} failed", name=name.decode("ascii", "replace"))
             result = ErrorReply("internal error, see the node's log")
-        if result is not PENDING:
+        if result is PENDING:
+            self.waiting = name
+        else:
             at_once = self._at_once
             at_once[name] = at_once.get(name, 0) + 1
         return result
@@ -332,14 +331,9 @@ class Commands:
             elif len(run) < 2:
                 return _NO_RUN
             else:
-                read_at = self._read_at
-
-                def finished(results: list[Any]) -> None:
-                    self._histogram(b"SET").observe(perf_counter() - read_at, len(results))
-                    respond(self._run_replies(results))
-
                 try:
-                    count, results = self._write_run(run, finished)  # type: ignore[misc]
+                    count, results = self._write_run(  # type: ignore[misc]
+                        run, lambda results: respond(self._run_replies(results)))
                 except Exception:
                     # a bug, not the client's doing: say so for each, keep serving
                     self.errors += len(run)
@@ -360,7 +354,9 @@ class Commands:
         if count:
             calls = self.calls
             calls[kind] = calls.get(kind, 0) + count
-            if replies is not PENDING:
+            if replies is PENDING:
+                self.waiting = kind
+            else:
                 at_once = self._at_once
                 at_once[kind] = at_once.get(kind, 0) + count
         return count, replies
@@ -478,11 +474,19 @@ class Commands:
             error = self._check_key(args[2])
             if error is not None:
                 return error
-            doc = self._node.key_status(args[2], lambda doc: respond(_json(doc)))
+            def answer(doc: Any) -> None:
+                if isinstance(doc, Exception):
+                    respond(self._outcome(doc, _json))
+                else:
+                    respond(_json(doc))
+
+            doc = self._node.key_status(args[2], answer)
             return PENDING if doc is PENDING else _json(doc)
         if sub == b"LEAVE" and len(args) == 2:
-            self._node.leave()
-            return OK
+            if self._node.leave():
+                return OK
+            self.errors += 1
+            return ErrorReply("this node cannot stop itself: stop its process instead")
         shown = b" ".join(args[1:])[:64].decode("utf-8", "replace")
         self.errors += 1
         return ErrorReply(f"unknown DHT subcommand or wrong arguments: '{shown}' "
@@ -542,17 +546,17 @@ _NO_RUN = (0, [])
 _ANY = 1 << 30
 
 _TABLE: dict[bytes, _Command] = {
-    b"GET": _Command(Commands._get, 1, 1, waits=True),
-    b"SET": _Command(Commands._set, 2, _ANY, waits=True),
-    b"DEL": _Command(Commands._del, 1, _ANY, waits=True),
-    b"MSET": _Command(Commands._mset, 2, _ANY, pairs=True, waits=True),
-    b"MGET": _Command(Commands._mget, 1, _ANY, waits=True),
-    b"EXISTS": _Command(Commands._exists, 1, _ANY, waits=True),
+    b"GET": _Command(Commands._get, 1, 1),
+    b"SET": _Command(Commands._set, 2, _ANY),
+    b"DEL": _Command(Commands._del, 1, _ANY),
+    b"MSET": _Command(Commands._mset, 2, _ANY, pairs=True),
+    b"MGET": _Command(Commands._mget, 1, _ANY),
+    b"EXISTS": _Command(Commands._exists, 1, _ANY),
     b"PING": _Command(Commands._ping, 0, 1),
     b"ECHO": _Command(Commands._echo, 1, 1),
     b"INFO": _Command(Commands._info, 0, 1),
     b"MEMBERS": _Command(Commands._members, 0, 0),
-    b"DHT": _Command(Commands._dht, 1, 2, waits=True),
+    b"DHT": _Command(Commands._dht, 1, 2),
     b"QUIT": _Command(Commands._quit, 0, _ANY),
     b"EXIT": _Command(Commands._quit, 0, _ANY),
     b"HELLO": _Command(Commands._hello, 0, _ANY),

@@ -27,6 +27,7 @@ __all__ = [
     "config_from_file",
     "config_from_string",
     "parse_address",
+    "valid_node_id",
 ]
 
 
@@ -68,6 +69,13 @@ class Address:
 _NODE_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _SIZE = re.compile(r"^\s*(\d+)[ \t]*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def valid_node_id(text: str) -> bool:
+    """
+    Whether C{text} is a node id: 1 to 64 letters, digits, '.', '_' or '-'.
+    """
+    return _NODE_ID.match(text) is not None
 
 
 def parse_address(text: str, allow_port_zero: bool = False) -> Address:
@@ -204,17 +212,32 @@ _ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl")
 
 def _parse_endpoint(text: str) -> str:
     """
-    A Twisted server endpoint string, C{host:port} for short, or empty.
+    A Twisted server endpoint string, C{host:port} (or C{[v6host]:port})
+    for short, or empty. Parsed as Twisted will, so that a bad one stops
+    the node with the key named, not when it listens.
     """
     value = text.strip()
     if not value:
         return ""
+    v6 = re.match(r"^\[([^\]\s]+)\]:(\d+)$", value)
     short = re.match(r"^([^:\s\[\]]+):(\d+)$", value)
-    if short and short.group(1) not in _ENDPOINT_TYPES:
-        return f"tcp:{short.group(2)}:interface={short.group(1)}"
+    if v6:
+        value = f"tcp6:{v6.group(2)}:interface={v6.group(1).replace(':', chr(92) + ':')}"
+    elif short and short.group(1) not in _ENDPOINT_TYPES:
+        value = f"tcp:{short.group(2)}:interface={short.group(1)}"
     if value.split(":", 1)[0] not in _ENDPOINT_TYPES:
         raise ValueError("expected an endpoint such as tcp:9100:interface=127.0.0.1 "
                          f"(or 127.0.0.1:9100), got {text!r}")
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        # (no reactor needed to parse: it is used only to listen)
+        endpoint = serverFromString(None, value)
+    except Exception as e:
+        raise ValueError(f"not a usable endpoint ({e}): {text!r}") from None
+    port = getattr(endpoint, "_port", 0)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port}")
     return value
 
 

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .membership import ALIVE, DEAD, LEFT, SUSPECT
+from .status import ring_agreed, status_counts
 
 if TYPE_CHECKING:  # pragma: no cover
     from .node import DHTNode
@@ -87,20 +87,26 @@ class NodeCollector(Collector):
                                   "error", value=commands.errors)
         latency = HistogramMetricFamily(
             "dht_command_duration_seconds",
-            "Time from reading a client command to having its reply, by command",
+            "Time from reading a client command to having its reply, by command (the "
+            "replies ready at once count the whole read they came in)",
             labels=["command"])
         for name, histogram in sorted(commands.latency.items()):
             latency.add_metric([name.decode("ascii", "replace").lower()],
                                histogram.cumulative(), histogram.total)
         yield latency
 
-        txns = CounterMetricFamily("dht_transactions", "Two-phase commits this node "
-                                   "coordinated, by outcome", labels=["outcome"])
+        txns = CounterMetricFamily(
+            "dht_transactions", "Two-phase commit attempts this node coordinated, by "
+            "outcome (an attempt aborted on a lock conflict and tried again counts as "
+            "aborted; unconfirmed: committed, a replica's confirmation missing)",
+            labels=["outcome"])
         stats = node.coordinator.stats
         for outcome, key in (("committed", "commits"), ("aborted", "aborts"),
-                             ("retried", "retries"), ("unconfirmed", "unconfirmed")):
+                             ("unconfirmed", "unconfirmed")):
             txns.add_metric([outcome], stats[key])
         yield txns
+        yield CounterMetricFamily("dht_transaction_retries", "Aborted attempts tried again "
+                                  "after a lock conflict", value=stats["retries"])
         yield CounterMetricFamily("dht_transactions_resolved", "Transactions prepared here "
                                   "that this node decided without their coordinator",
                                   value=node.stats["resolved"])
@@ -111,14 +117,11 @@ class NodeCollector(Collector):
 
         members = GaugeMetricFamily("dht_members", "Cluster members as this node sees them, "
                                     "by status", labels=["status"])
-        counts = dict.fromkeys((ALIVE, SUSPECT, DEAD, LEFT), 0)
-        for m in node.membership.members():
-            counts[m.status] += 1
-        for status, count in counts.items():
+        known = node.membership.members()
+        for status, count in status_counts(known).items():
             members.add_metric([status], count)
         yield members
-        me = node.membership.me
-        agreed = all(m.view == me.view for m in node.membership.live())
+        agreed = ring_agreed(node.membership.me, known)
         yield GaugeMetricFamily("dht_ring_agreed", "1 if every live member gossips the ring "
                                 "this node sees", value=int(agreed))
 

@@ -54,7 +54,7 @@ from .status import (
     cluster_status,
     human_size,
     key_status,
-    resident_memory,
+    ring_agreed,
     ring_status,
 )
 from .store import Record, Store
@@ -747,11 +747,23 @@ class DHTNode(MultiService):
 
     async def _stabilize_pass(self, version: int) -> None:
         keys = self.store.keys()
-        complete = True
         # a push may set it again while the pass runs
         self._holds_foreign = False
         ttl = self.config.tombstone_ttl
         self.store.collect_tombstones(self.reactor.seconds(), ttl)
+        try:
+            complete = await self._push_slices(keys)
+        finally:
+            self.backlog = 0
+        if complete:
+            self._stable_version = version
+
+    async def _push_slices(self, keys: list[bytes]) -> bool:
+        """
+        Push C{keys}' records to their other owners, a slice at a time;
+        whether every owner took every push.
+        """
+        complete = True
         for start in range(0, len(keys), PUSH_BATCH):
             self.backlog = len(keys) - start
             batch = keys[start : start + PUSH_BATCH]
@@ -790,9 +802,7 @@ class DHTNode(MultiService):
                     self._holds_foreign = True
             # let the reactor serve clients between slices
             await deferLater(self.reactor, 0)
-        self.backlog = 0
-        if complete:
-            self._stable_version = version
+        return complete
 
     def _push(self, owner: str, records: list[tuple[bytes, Record]]) -> Deferred[set[bytes]]:
         """
@@ -843,7 +853,6 @@ class DHTNode(MultiService):
                 ("records", len(self.store)),
                 ("tombstones", len(self.store) - self.store.live_keys),
                 ("locked_keys", self.participant.locked_keys),
-                ("txn_in_doubt", self.participant.in_doubt),
             ],
             "cluster": [
                 ("members", len(members)),
@@ -852,7 +861,7 @@ class DHTNode(MultiService):
                 ("read_quorum", self.config.read_quorum),
                 ("ring_size", self.config.ring_size),
                 ("tokens", ",".join(map(str, self.tokens))),
-                ("ring_agreed", int(all(m.view == me.view for m in members if m.live))),
+                ("ring_agreed", int(ring_agreed(me, members))),
             ],
             "memory": [
                 ("used_memory_rss", rss),
@@ -930,7 +939,10 @@ class DHTNode(MultiService):
         def answer(node: str, records: Any) -> None:
             held[node] = records[0] if isinstance(records, list) and records else records
             if len(held) == len(nodes):
-                doc = key_status(key, ring, replicas, held)
+                try:
+                    doc: Any = key_status(key, ring, replicas, held)
+                except Exception as e:  # a bug: the command answers an error
+                    doc = e
                 if waiting["at_once"]:
                     waiting["doc"] = doc
                 else:
@@ -939,18 +951,26 @@ class DHTNode(MultiService):
         for node in nodes:
             self.replica(node).read([key], functools.partial(answer, node))
         waiting["at_once"] = False
+        if isinstance(waiting["doc"], Exception):
+            raise waiting["doc"]
         return waiting["doc"]
 
-    def leave(self) -> None:
+    def leave(self) -> bool:
         """
         Leave the cluster for good (C{DHT LEAVE}): stop the process, which
         hands this node's keys over first (L{stopService}).
+
+        :return: whether it is leaving (it cannot stop a process it was not
+            given the means to stop).
         """
-        if self._leaving or self._shutdown is None:
-            return
+        if self._shutdown is None:
+            return False
+        if self._leaving:
+            return True
         self._leaving = True
         log.info("node {node} asked to leave the cluster", node=self.node_id)
         self.reactor.callLater(0, self._shutdown)
+        return True
 
     def members(self) -> list[str]:
         """
@@ -964,6 +984,21 @@ class DHTNode(MultiService):
             lines.append(f"{m.node_id} {m.address} ring_ids={tokens} status={m.status} "
                          f"heartbeat_age={age:.1f}")
         return lines
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_memory() -> int:
+    """
+    This process's resident memory in bytes (its peak, where the current
+    figure cannot be read).
+    """
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _listen_now(endpoint: Any, factory: Any, where: str) -> IListeningPort:

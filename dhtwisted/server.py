@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from time import perf_counter
 from typing import Any, Callable, Optional, Union
 
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
@@ -170,8 +171,9 @@ class NodeProtocol(Protocol):
         self._more: list[bytes] = []  # chunks of an incomplete command
         self._more_len = 0
         self._need = 0  # bytes the incomplete RESP command needs at least
-        # replies in client order, each [data or None until it comes], or
-        # [data or None, count] for the replies of a run of count commands
+        # replies in client order, each [data] if it was ready at once, or
+        # [data or None until it comes, count of commands it answers,
+        # command name, when it was read]
         self._replies: deque[list[Any]] = deque()
         self._in_progress = 0  # commands the entries of _replies stand for
         self._out: list[bytes] = []
@@ -458,10 +460,10 @@ class NodeProtocol(Protocol):
     def _pending(self, slot: list[Any], count: int = 1) -> None:
         """
         A command (or a run of C{count}) whose reply comes later: keep its
-        place in the order.
+        place in the order, and when it was read, to time it.
         """
-        if count != 1:
-            slot.append(count)
+        commands = self.factory.commands
+        slot += (count, commands.waiting, commands.read_at)
         self._queue_reply(slot, count)
         if slot is self._spare[0]:
             # most replies are ready at once, so a RESP connection uses one
@@ -470,6 +472,7 @@ class NodeProtocol(Protocol):
         elif slot is self._spare_run[0]:
             self._spare_run = self._run_slot()
         if slot[0] is not None:  # answered before execute returned
+            commands.observe(slot[2], perf_counter() - slot[3], count)
             self._drain()
         elif self._in_progress >= self.factory.max_pipeline and not self._paused:
             self._paused = True
@@ -495,6 +498,8 @@ class NodeProtocol(Protocol):
             # one error per command the slot answers
             slot[0] = self._encode(ErrorReply("internal error, see the node's log")) * (
                 len(reply) if many else 1)  # type: ignore[arg-type]
+        if len(slot) > 2:  # (else _pending times it)
+            self.factory.commands.observe(slot[2], perf_counter() - slot[3], slot[1])
         self._drain()
 
     def _encode_all(self, replies: list[Reply]) -> bytes:

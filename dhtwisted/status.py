@@ -10,8 +10,6 @@ Pure: the node passes its state and the time in.
 from __future__ import annotations
 
 import datetime
-import os
-import resource
 from collections import deque
 from typing import Any, Iterable, Mapping, Optional
 
@@ -20,22 +18,8 @@ from .ring import Ring, key_position
 from .store import Record
 from .version import NO_VERSION, VERSION_SIZE, version_millis
 
-__all__ = ["RateMeter", "cluster_status", "human_size", "key_status", "resident_memory",
-           "ring_status", "version_text"]
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def resident_memory() -> int:
-    """
-    This process's resident memory in bytes (its peak, where the current
-    figure cannot be read).
-    """
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+__all__ = ["RateMeter", "cluster_status", "human_size", "key_status", "ring_agreed",
+           "ring_status", "status_counts", "version_text"]
 
 
 def human_size(n: float, decimals: int = 1) -> str:
@@ -73,6 +57,24 @@ class RateMeter:
         return max(0, total - first_total) / (now - first_time)
 
 
+def status_counts(members: Iterable[Member]) -> dict[str, int]:
+    """
+    How many of C{members} are alive, suspect, dead and left.
+    """
+    counts = dict.fromkeys((ALIVE, SUSPECT, DEAD, LEFT), 0)
+    for m in members:
+        counts[m.status] += 1
+    return counts
+
+
+def ring_agreed(me: Member, members: Iterable[Member]) -> bool:
+    """
+    Whether every live member gossips the ring digest C{me} has (see
+    L{dhtwisted.membership.Member.view}).
+    """
+    return me.view != 0 and all(m.view == me.view for m in members if m.live)
+
+
 def cluster_status(me: Member, members: Iterable[Member], ages: Mapping[str, float],
                    ring: Ring, replicas: int) -> dict[str, Any]:
     """
@@ -83,16 +85,11 @@ def cluster_status(me: Member, members: Iterable[Member], ages: Mapping[str, flo
     :param ring: the ring of the live members.
     :param replicas: copies of each key.
     """
+    members = list(members)
     share = ring.primary_share()
     owns = ring.ownership(replicas)
     rows = []
-    counts = dict.fromkeys((ALIVE, SUSPECT, DEAD, LEFT), 0)
-    agree = True
     for m in members:
-        counts[m.status] = counts.get(m.status, 0) + 1
-        agrees = m.view == me.view and m.view != 0
-        if m.live and not agrees:
-            agree = False
         rows.append({
             "id": m.node_id,
             "address": m.address,
@@ -105,21 +102,22 @@ def cluster_status(me: Member, members: Iterable[Member], ages: Mapping[str, flo
             "rate": round(m.rate, 1),
             "heartbeat_age": round(ages.get(m.node_id, 0.0), 3),
             "generation": m.generation,
-            "agrees": agrees,
+            "agrees": m.view == me.view and m.view != 0,
             "me": m.node_id == me.node_id,
         })
+    counts = status_counts(members)
     return {
         "node": me.node_id,
         "members": rows,
         "summary": {
             "members": len(rows),
-            "live": counts[ALIVE],
+            "alive": counts[ALIVE],
             "suspect": counts[SUSPECT],
             "dead": counts[DEAD],
             "left": counts[LEFT],
             "replicas": replicas,
             "on_ring": len(ring),
-            "agree": agree,
+            "agree": ring_agreed(me, members),
         },
     }
 
@@ -184,6 +182,9 @@ def version_text(version: bytes) -> Optional[str]:
         return version.hex()
     millis = version_millis(version)
     logical = int.from_bytes(version[6:8], "big")
-    when = datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc)
+    try:
+        when = datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return version.hex()  # a time no calendar holds: a bad version from a peer
     stamp = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"
     return f"{stamp}+{logical}/{version[8:].hex()}"

@@ -980,16 +980,20 @@ class _Write(_Operation):
         self.committed = False
 
     def finish(self, outcome: Any) -> None:
-        c = self.c
-        c._finished(self)
-        if isinstance(outcome, Exception):
-            # one line per write that failed (a group's failed writes each
-            # come here once, alone)
-            log.warn("transaction {txid} writing {key} ({keys} keys) failed: {why}",
-                     txid=self.txid or "(not started)",
-                     key=key_text(self.writes[0][0]), keys=len(self.writes),
-                     why=str(outcome), node=c._node_id)
+        self.c._finished(self)
+        if isinstance(outcome, Exception) and self.txid:
+            # (a write in a group that failed was not started itself: the
+            # group logged it)
+            self._log_failed(outcome)
         super().finish(outcome)
+
+    def _log_failed(self, why: Exception) -> None:
+        """
+        One line for this transaction's failure.
+        """
+        log.warn("transaction {txid} writing {key} ({keys} keys) failed: {why}",
+                 txid=self.txid, key=key_text(self.writes[0][0]), keys=len(self.writes),
+                 why=str(why), node=self.c._node_id)
 
     def share(self, node: str) -> list[Write]:
         indexes = self.plan[node]
@@ -1147,6 +1151,8 @@ class _Group(_Write):
                 member._retry()
             return
         c = self.c
+        if isinstance(outcome, Exception):
+            self._log_failed(outcome)  # committed, not confirmed everywhere
         c._finishing += 1  # start the queued writes once, after all members
         try:
             offset = 0
@@ -1190,6 +1196,7 @@ class _Run(_Write):
                 self._split()
                 return
             # committed, not confirmed everywhere: so is each write
+            self._log_failed(outcome)
             results = [outcome] * len(self.writes)
         else:
             results = [None] * len(self.writes)

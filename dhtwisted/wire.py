@@ -11,6 +11,7 @@ import struct
 from typing import Optional
 
 from ._proto import dht_pb2
+from .config import parse_address, valid_node_id
 from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member
 from .store import Record
 from .twopc import ABORTED, COMMITTED, PREPARED, UNKNOWN, Vote, Write
@@ -74,6 +75,13 @@ def member_from_pb(pb: dht_pb2.Member) -> Member:
     """
     if not pb.node_id or not pb.address or not pb.tokens:
         raise ValueError("member without id, address or tokens")
+    # what operators see in tables, logs and the status page: no escapes
+    if not valid_node_id(pb.node_id):
+        raise ValueError(f"member with a bad id {pb.node_id[:64]!r}")
+    try:
+        parse_address(pb.address)
+    except ValueError:
+        raise ValueError(f"member {pb.node_id} with a bad address {pb.address[:64]!r}") from None
     return Member(
         node_id=pb.node_id,
         address=pb.address,

@@ -478,3 +478,15 @@ class MetricsListenTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             config_from_string("[metrics]\nlisten = http://localhost:9100\n", "n.ini")
         self.assertEqual(str(caught.exception).split(": expected")[0], "n.ini: [metrics] listen")
+
+    def test_parsed_as_twisted_does(self) -> None:
+        def error(text: str) -> str:
+            with self.assertRaises(ConfigError) as caught:
+                config_from_string(f"[metrics]\nlisten = {text}\n")
+            return str(caught.exception)
+
+        self.assertIn("not a usable endpoint", error("tcp:notaport"))
+        self.assertIn("not a usable endpoint", error("tcp:9100:bogus=1"))
+        self.assertIn("port must be 0..65535", error("tcp:99999"))
+        self.assertEqual(config_from_string("[metrics]\nlisten = [::1]:9100\n").metrics_listen,
+                         "tcp6:9100:interface=\\:\\:1")

@@ -126,6 +126,30 @@ class EventTests(SynchronousTestCase):
         self.assertTrue(event["txid"])
         self.assertIn(event["why"], reply.decode())
 
+    def test_failed_pipelined_writes_one_line_each(self) -> None:
+        """
+        Two pipelined SETs go as one transaction; when it fails, each is
+        tried alone and fails: one line per transaction that failed, each
+        with its own txid, none for the gathered one that was split.
+        """
+        cluster = Cluster(3, gossip_interval=0.5)
+        cluster.run(5)
+        client = cluster.client(0)
+        cluster.net.crash("n2")
+        captured = Captured(self)
+        client.protocol.dataReceived(b"set a 1\nset b 2\n")
+        deadline = 30.0
+        while client.transport.value().count(b"\n") < 2 and deadline > 0:
+            cluster.clock.advance(0.01)
+            cluster.net.flush()
+            deadline -= 0.01
+        replies = client.take().split(b"\r\n")
+        self.assertTrue(all(r.startswith(b"ERR") for r in replies if r), replies)
+        failed = captured.matching("transaction {txid}")
+        self.assertEqual(sorted(e["key"] for e in failed), ["a", "b"])
+        self.assertEqual(len({e["txid"] for e in failed}), 2)
+        self.assertTrue(all(e["txid"] for e in failed))
+
 
 class RotationTests(SynchronousTestCase):
     """

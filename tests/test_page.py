@@ -133,7 +133,7 @@ class StatusPageTests(SynchronousTestCase):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             doc = json.loads(fetch(self.url + "status.json")[1])["status"]
-            if doc["summary"]["live"] == 3 and doc["summary"]["agree"]:
+            if doc["summary"]["alive"] == 3 and doc["summary"]["agree"]:
                 break
             time.sleep(0.3)
         # writes through node 0, then a heartbeat for the rate to show

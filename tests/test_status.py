@@ -93,7 +93,7 @@ class DocumentTests(SynchronousTestCase):
         self.assertTrue(rows["a"]["me"])
         self.assertEqual(rows["c"]["share"], 0.0)
         self.assertEqual(rows["c"]["heartbeat_age"], 20.0)
-        self.assertEqual(doc["summary"], {"members": 3, "live": 2, "suspect": 0, "dead": 1,
+        self.assertEqual(doc["summary"], {"members": 3, "alive": 2, "suspect": 0, "dead": 1,
                                           "left": 0, "replicas": 2, "on_ring": 2,
                                           "agree": True})
         # a live member that sees another ring: no agreement
@@ -133,6 +133,8 @@ class DocumentTests(SynchronousTestCase):
         self.assertEqual(third, {"node": nodes[2], "error": "no answer in 5 s"})
         self.assertEqual(version_text(version), "2023-11-14T22:13:20.500Z+0/0000abcd")
         self.assertIsNone(version_text(b""))
+        # a time past any calendar (from a bad peer): shown as hex
+        self.assertEqual(version_text(b"\xff" * 12), "ff" * 12)
 
     def test_rate_meter(self) -> None:
         """
@@ -204,7 +206,7 @@ class CommandTests(SynchronousTestCase):
         self.cluster.run(3)
         doc = self.ask(b"dht status", node=2)
         self.assertEqual(doc["node"], "n2")
-        self.assertEqual(doc["summary"], {"members": 4, "live": 4, "suspect": 0, "dead": 0,
+        self.assertEqual(doc["summary"], {"members": 4, "alive": 4, "suspect": 0, "dead": 0,
                                           "left": 0, "replicas": 3, "on_ring": 4,
                                           "agree": True})
         rows = {row["id"]: row for row in doc["members"]}
@@ -276,6 +278,19 @@ class CommandTests(SynchronousTestCase):
         self.assertIn("error", rows[down])
         self.assertEqual(sum("version" in r for r in rows.values()), 2)
 
+    def test_key_with_a_bad_version_on_a_replica(self) -> None:
+        """
+        A replica holding a version no calendar can show (pushed by a bad
+        peer): the answer still comes, with that version in hex.
+        """
+        self.assertEqual(self.cluster.client(0).command(b"set k v"), b"ok\r\n")
+        other = next(n for n in self.cluster.nodes if n.node_id != "n0"
+                     and n.node_id in self.cluster.nodes[0].replicas_for(b"k"))
+        other.store.put(b"k", b"\xff" * 12, b"v")
+        doc = self.ask(b"dht key k")
+        rows = {r["node"]: r for r in doc["replicas"]}
+        self.assertEqual(rows[other.node_id]["version"], "ff" * 12)
+
     def test_bad_subcommands(self) -> None:
         """
         Unknown subcommands and wrong arguments are errors naming what
@@ -302,6 +317,26 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(client.command(b"dht leave"), b"ok\r\n")
         self.cluster.run(1)
         self.assertEqual(stopped, [True])
+        # a node given no way to stop its process says so
+        self.cluster.nodes[2]._shutdown = None
+        reply = self.cluster.client(2).command(b"dht leave")
+        self.assertTrue(reply.startswith(b"ERR this node cannot stop itself"), reply)
+
+    def test_gossip_with_a_bad_member_id_is_refused(self) -> None:
+        """
+        A member whose id or address could carry terminal escapes into
+        tables, logs or the page is refused when read from the wire.
+        """
+        from dhtwisted.wire import member_from_pb, member_to_pb
+
+        pb = member_to_pb(member("a", 0))
+        pb.node_id = "evil\x1b[2J"
+        with self.assertRaises(ValueError):
+            member_from_pb(pb)
+        pb = member_to_pb(member("a", 0))
+        pb.address = "127.0.0.1:9000\n# Fake"
+        with self.assertRaises(ValueError):
+            member_from_pb(pb)
 
     def test_info_sections(self) -> None:
         """
