@@ -39,10 +39,13 @@ class Status(str):
 @dataclass(frozen=True)
 class ErrorReply:
     """
-    An error reply: C{ERR <message>}.
+    An error reply: C{ERR <message>}; in RESP, C{-<code> <message>}, the
+    code telling Redis clients what kind of error it is (C{NOAUTH},
+    C{WRONGPASS}).
     """
 
     message: str
+    code: str = "ERR"
 
 
 class Lines(tuple[str, ...]):
@@ -505,8 +508,12 @@ class Commands:
         proto = args[1] if len(args) > 1 else b"2"
         if proto not in (b"2", b"3"):
             return ErrorReply("NOPROTO unsupported protocol version")
-        if len(args) > 2:
-            return ErrorReply("HELLO options (AUTH, SETNAME) are not supported")
+        options = args[2:]
+        # (AUTH is taken by the connection before the command runs)
+        if len(options) == 2 and options[0].upper() == b"SETNAME":
+            options = []
+        if options:
+            return ErrorReply("HELLO takes AUTH username password and SETNAME name only")
         from . import __version__
 
         return HelloReply(int(proto), (

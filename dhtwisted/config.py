@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional
 
 from .logs import LEVELS
+from .security import MIN_SECRET, SecretFile, is_loopback
 
 __all__ = [
     "Address",
@@ -200,6 +202,21 @@ def _parse_listen(text: str) -> Address:
     return parse_address(text, allow_port_zero=True)
 
 
+def _parse_text(text: str) -> str:
+    return text.strip()
+
+
+def _parse_secret(text: str) -> str:
+    value = text.strip()
+    if value and len(value.encode("utf-8")) < MIN_SECRET:
+        raise ValueError(f"a secret needs at least {MIN_SECRET} bytes")
+    return value
+
+
+def _parse_path(text: str) -> str:
+    return os.path.expanduser(text.strip()) if text.strip() else ""
+
+
 def _parse_level(text: str) -> str:
     value = text.strip().lower()
     if value not in LEVELS:
@@ -315,6 +332,20 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("limits", "max_pipeline", _parse_int, "1024",
             "commands of one client in progress before the node stops reading it",
             low=1, high=1_000_000),
+    # [security]
+    Setting("security", "cluster_secret", _parse_secret, "",
+            "a secret every member knows (at least 16 bytes): a peer link opens with a "
+            "challenge-response on it, and a node without it cannot join; empty: none",
+            attr="cluster_secret"),
+    Setting("security", "cluster_secret_file", _parse_path, "",
+            "a file of secrets instead, one per line: the first is proved, every one is "
+            "accepted; read again when it changes, to rotate the secret without a restart"),
+    Setting("security", "requirepass", _parse_text, "",
+            "clients must send AUTH with this password before any other command; empty: "
+            "no password"),
+    Setting("security", "protected_mode", _parse_bool, "yes",
+            "refuse to start when listening beyond this machine (not 127.0.0.1 or ::1) with "
+            "no cluster secret"),
     # [log]
     Setting("log", "level", _parse_level, "info",
             "least severe events logged: debug (also client connections and HTTP requests), "
@@ -362,6 +393,10 @@ class NodeConfig:
     max_frame: int
     max_clients: int
     max_pipeline: int
+    cluster_secret: str = dataclasses.field(repr=False)
+    cluster_secret_file: str
+    requirepass: str = dataclasses.field(repr=False)
+    protected_mode: bool
     log_level: str
     metrics_listen: str
     source: str = "(defaults)"
@@ -407,6 +442,28 @@ class NodeConfig:
             fail("limits", "max_frame",
                  "must hold a whole key and value: at least max_value + max_key + 1024 "
                  f"= {self.max_value + self.max_key + 1024}")
+        if self.cluster_secret and self.cluster_secret_file:
+            fail("security", "cluster_secret_file", "set cluster_secret or "
+                 "cluster_secret_file, not both")
+        if self.cluster_secret_file:
+            try:
+                SecretFile(self.cluster_secret_file).read()
+            except ValueError as e:
+                fail("security", "cluster_secret_file", str(e))
+        if (self.protected_mode and not is_loopback(self.listen.host)
+                and not self.peer_secrets_set):
+            fail("security", "protected_mode",
+                 f"this node would listen on {self.listen.host}, beyond this machine, with "
+                 "no cluster secret: anyone who reaches it could join the cluster and read "
+                 "or change every key. Set cluster_secret or cluster_secret_file, or "
+                 "protected_mode = no")
+
+    @property
+    def peer_secrets_set(self) -> bool:
+        """
+        Whether peers must prove they know a cluster secret.
+        """
+        return bool(self.cluster_secret or self.cluster_secret_file)
 
     @property
     def max_message(self) -> int:

@@ -47,6 +47,7 @@ from .membership import LEFT, Member, Membership, Refused
 from .peer import Connect, PeerFactory, PeerPool, PeerProtocol, PeerUnavailable
 from .replica import RemoteReplica
 from .ring import Ring, node_tokens
+from .security import SecretFile
 from .server import NodeFactory, NodeProtocol
 from .web import status_site
 from .status import (
@@ -158,8 +159,14 @@ class DHTNode(MultiService):
             max_pipeline=config.max_pipeline,
             peer_connected=self._peer_connected,
             clock=reactor,
+            password=config.requirepass.encode("utf-8"),
         )
-        self.peer_factory = PeerFactory(self, reactor, config.rpc_timeout, config.max_frame)
+        self._secret_file = (SecretFile(config.cluster_secret_file)
+                             if config.cluster_secret_file else None)
+        secrets = ([config.cluster_secret.encode("utf-8")] if config.cluster_secret
+                   else self._secret_file.read() if self._secret_file else [])
+        self.peer_factory = PeerFactory(self, reactor, config.rpc_timeout, config.max_frame,
+                                        secrets=secrets)
         self.pool = PeerPool(self.peer_factory, connect or self._tcp_connect, reactor,
                              backoff=min(0.5, config.gossip_interval),
                              max_backoff=config.gossip_interval)
@@ -177,6 +184,7 @@ class DHTNode(MultiService):
         self._stable_version = -1
         self.stats = {"gossip_rounds": 0, "pushed": 0, "handed_off": 0, "resolved": 0}
         self.backlog = 0  # records the running stabilization pass has yet to look at
+        self._secrets_broken = False  # the secret file is unusable (logged once)
         self._rate = RateMeter()
         self._view = (-1, 0)  # (membership version, its ring digest)
         self.port: Optional[IListeningPort] = None
@@ -587,6 +595,7 @@ class DHTNode(MultiService):
     def _heartbeat(self) -> None:
         now = self.reactor.seconds()
         try:
+            self._reload_secrets()
             self.membership.beat(now, **self._load(now))
             self._log_changes(self.membership.check(now))
             self.participant.expire_waiting(now)
@@ -600,6 +609,27 @@ class DHTNode(MultiService):
             self.coordinator.prune()
         except Exception:
             log.failure("heartbeat failed")
+
+    def _reload_secrets(self) -> None:
+        """
+        Take the secret file's secrets again if it changed: new peer links
+        prove and accept them (the open ones stay open).
+        """
+        secret_file = self._secret_file
+        if secret_file is None or not secret_file.changed():
+            return
+        try:
+            secrets = secret_file.read()
+        except ValueError as e:
+            if not self._secrets_broken:
+                log.warn("kept the cluster secrets: {why}", why=str(e), node=self.node_id)
+                self._secrets_broken = True
+            return
+        self._secrets_broken = False
+        if secrets != self.peer_factory.secrets:
+            self.peer_factory.secrets = secrets
+            log.info("cluster secrets read again from {path}: {count} accepted",
+                     path=secret_file.path, count=len(secrets), node=self.node_id)
 
     def _load(self, now: float) -> dict[str, Any]:
         """

@@ -2,7 +2,8 @@
 """
 Peer links: length-prefixed protobuf frames between nodes.
 
-A link opens with the preamble (magic and protocol version) and a
+A link opens with the preambles (magic, protocol version, and with a
+cluster secret a challenge-response: L{dhtwisted.handshake}), then a
 handshake: the dialling node sends C{Hello} with its member entry, the other
 answers C{Welcome} with its own and its member table, or C{Error} and closes.
 Then either side sends requests, each with a request id, and gets replies
@@ -17,8 +18,9 @@ by the node with the smaller id.
 from __future__ import annotations
 
 import itertools
+import os
 import struct
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 from google.protobuf.message import DecodeError
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
@@ -31,7 +33,8 @@ from twisted.python.failure import Failure
 from .logs import OBSERVER
 from .membership import Member, Refused
 from .sending import write_now
-from .wire import PREAMBLE, Envelope, Frame, member_from_pb, member_to_pb
+from .handshake import NONCE_SIZE, Handshake, HandshakeError
+from .wire import Envelope, Frame, member_from_pb, member_to_pb
 
 __all__ = [
     "PeerDisconnected",
@@ -110,10 +113,15 @@ class PeerProtocol(Int32StringReceiver):
     :param rpc_timeout: seconds a request may wait for its reply.
     :param max_frame: largest frame accepted.
     :param dialer: whether this end dialled (and so starts the handshake).
+    :param secrets: the cluster secrets it accepts, the one it proves with
+        first; none: peers are not authenticated.
+    :param refusals: the refusals logged already, C{(host, why)}: each is
+        logged once per node (shared by its links).
     """
 
     def __init__(self, node: PeerHandler, clock: IReactorTime, rpc_timeout: float,
-                 max_frame: int, dialer: bool) -> None:
+                 max_frame: int, dialer: bool, secrets: Sequence[bytes] = (),
+                 refusals: Optional[set[tuple[str, str]]] = None) -> None:
         self.node = node
         self.clock = clock
         self.rpc_timeout = rpc_timeout
@@ -126,7 +134,9 @@ class PeerProtocol(Int32StringReceiver):
         self._pending: dict[int, tuple[Answer, float]] = {}
         self._sweep: Optional[IDelayedCall] = None
         self._ready: list[Deferred[PeerProtocol]] = []
-        self._preamble = None if dialer else b""  # acceptor: bytes of the preamble seen
+        self._shake = Handshake(dialer, secrets, os.urandom(NONCE_SIZE))
+        self._shake_timer: Optional[IDelayedCall] = None
+        self._refusals = refusals if refusals is not None else set()
         self._closing = False
         # envelopes waiting to go out together in one frame
         self._out: list[bytes] = []
@@ -167,8 +177,11 @@ class PeerProtocol(Int32StringReceiver):
         if set_no_delay is not None:
             # replies are small and awaited: Nagle's algorithm would hold them
             set_no_delay(True)
+        self.transport.write(self._shake.start())
+        if not self.dialer:
+            # a connection that opened as a peer and stalls is closed
+            self._shake_timer = self.clock.callLater(self.rpc_timeout, self._shake_too_slow)
         if self.dialer:
-            self.transport.write(PREAMBLE)
             hello = Envelope()
             member_to_pb(self.node.me(), hello.hello.member)
             # a bad Welcome (or a node that cannot take it) fails the
@@ -218,23 +231,54 @@ class PeerProtocol(Int32StringReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        On the accepting end, check the preamble first.
+        Go through the preambles (and the secret's challenge-response)
+        first: no message is read before.
         """
         if self._closing:
             return
-        if self._preamble is not None and len(self._preamble) < len(PREAMBLE):
-            need = len(PREAMBLE) - len(self._preamble)
-            self._preamble += data[:need]
-            data = data[need:]
-            if not PREAMBLE.startswith(self._preamble):
-                log.warn("closed a peer link from {address}: protocol version {got!r}, "
-                         "this node speaks {want!r}", address=self._address(),
-                         got=self._preamble[4:], want=PREAMBLE[4:])
-                self._close()
+        if not self._shake.done:
+            try:
+                out, data = self._shake.feed(data)
+            except HandshakeError as e:
+                if e.reply:
+                    self.transport.write(e.reply)
+                self._refuse(str(e))
                 return
-            if len(self._preamble) < len(PREAMBLE) or not data:
+            if out:
+                self.transport.write(out)
+            if not self._shake.done:
+                return
+            if self._shake_timer is not None and self._shake_timer.active():
+                self._shake_timer.cancel()
+            self._shake_timer = None
+            self._flush()  # the dialler's hello, held until now
+            if not data:
                 return
         super().dataReceived(data)
+
+    def _refuse(self, why: str) -> None:
+        """
+        Close a link whose other end failed the opening; log why, once per
+        host and reason.
+        """
+        host = self._address().rsplit(":", 1)[0]
+        side = "to" if self.dialer else "from"
+        if (host, why) in self._refusals:
+            log.debug("refused the peer link {side} {address}: {why}", side=side,
+                      address=self._address(), why=why)
+        else:
+            if len(self._refusals) > 10_000:
+                self._refusals.clear()  # (bounded: a flood of hosts)
+            self._refusals.add((host, why))
+            log.warn("refused the peer link {side} {address}: {why} (logged once for "
+                     "this host)", side=side, address=self._address(), why=why)
+        self._fail_ready(Failure(PeerError(f"refused: {why}")))
+        self._close()
+
+    def _shake_too_slow(self) -> None:
+        self._shake_timer = None
+        if not self._shake.done and self.connected:
+            self._refuse(f"no handshake within {self.rpc_timeout} s")
 
     def lengthLimitExceeded(self, length: int) -> None:
         """
@@ -339,8 +383,8 @@ class PeerProtocol(Int32StringReceiver):
             self._flush_call.cancel()
             self._flush_call = None
         out = self._out
-        if not out:
-            return
+        if not out or self._shake.pending:
+            return  # (the handshake sends what waits once it is done)
         self._out = []
         self._out_size = 0
         if not self.connected:
@@ -408,10 +452,10 @@ class PeerProtocol(Int32StringReceiver):
         """
         self.connected = False
         self._out = []
-        for call in (self._sweep, self._flush_call):
+        for call in (self._sweep, self._flush_call, self._shake_timer):
             if call is not None and call.active():
                 call.cancel()
-        self._sweep = self._flush_call = None
+        self._sweep = self._flush_call = self._shake_timer = None
         pending, self._pending = self._pending, {}
         for answer, _ in pending.values():
             _answer(answer, PeerDisconnected(f"link to {self.peer_id or self._address()} lost"))
@@ -478,24 +522,31 @@ class PeerFactory(Factory):
     noisy = False
 
     def __init__(self, node: PeerHandler, clock: IReactorTime, rpc_timeout: float,
-                 max_frame: int) -> None:
+                 max_frame: int, secrets: Sequence[bytes] = ()) -> None:
         self.node = node
         self.clock = clock
         self.rpc_timeout = rpc_timeout
         self.max_frame = max_frame
+        #: the cluster secrets new links accept, the one they prove with
+        #: first (the node changes them when its secret file changes)
+        self.secrets = list(secrets)
+        self._refusals: set[tuple[str, str]] = set()
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
         """
         A dialling link.
         """
-        return PeerProtocol(self.node, self.clock, self.rpc_timeout, self.max_frame, dialer=True)
+        return self._link(dialer=True)
 
     def accepted(self) -> PeerProtocol:
         """
         An accepting link, for a connection that opened with the preamble.
         """
+        return self._link(dialer=False)
+
+    def _link(self, dialer: bool) -> PeerProtocol:
         return PeerProtocol(self.node, self.clock, self.rpc_timeout, self.max_frame,
-                            dialer=False)
+                            dialer=dialer, secrets=self.secrets, refusals=self._refusals)
 
 
 #: Dials C{host:port} with a factory; fires with the protocol it built.

@@ -51,12 +51,13 @@ def encode_status(text: str) -> bytes:
     return b"+" + text.encode("utf-8") + b"\r\n"
 
 
-def encode_error(message: str) -> bytes:
+def encode_error(message: str, code: str = "ERR") -> bytes:
     """
-    An error reply, C{-ERR message}; line breaks in C{message} become spaces.
+    An error reply, C{-ERR message} (or another code); line breaks in
+    C{message} become spaces.
     """
     clean = message.replace("\r", " ").replace("\n", " ")
-    return b"-ERR " + clean.encode("utf-8", "replace") + b"\r\n"
+    return b"-%s %s\r\n" % (code.encode("ascii"), clean.encode("utf-8", "replace"))
 
 
 def encode_integer(number: int) -> bytes:

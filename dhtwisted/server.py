@@ -16,6 +16,7 @@ is not read from until it has fewer.
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 from time import perf_counter
 from typing import Any, Callable, Optional, Union
@@ -29,6 +30,7 @@ from zope.interface import implementer
 from .logs import OBSERVER
 from .commands import OK, PENDING, QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
 from .quoting import QuotingError, quote_value, reply_shape, split_args
+from .security import FailureLimiter, check_password
 from .sending import write_now
 from .wire import MAGIC
 from .resp import (
@@ -66,7 +68,8 @@ def encode_text(reply: Reply) -> bytes:
     if isinstance(reply, Status):
         return (b"ok" if reply == "OK" else reply.encode("utf-8")) + _TEXT_EOL
     if isinstance(reply, ErrorReply):
-        return b"ERR " + _one_line(reply.message) + _TEXT_EOL
+        code = "" if reply.code == "ERR" else reply.code + " "
+        return b"ERR " + _one_line(code + reply.message) + _TEXT_EOL
     if isinstance(reply, int):
         return b"%d" % reply + _TEXT_EOL
     if isinstance(reply, Lines):
@@ -93,7 +96,7 @@ def encode_resp(reply: Reply) -> bytes:
     if isinstance(reply, Status):
         return encode_status(reply)
     if isinstance(reply, ErrorReply):
-        return encode_error(reply.message)
+        return encode_error(reply.message, reply.code)
     if isinstance(reply, int):
         return encode_integer(reply)
     if isinstance(reply, Lines):
@@ -104,7 +107,8 @@ def encode_resp(reply: Reply) -> bytes:
         count = len(items) if reply.proto == 3 else 2 * len(items)
         return kind + b"%d\r\n" % count + b"".join(items)
     if reply and any(isinstance(item, ErrorReply) for item in reply):
-        return next(encode_error(i.message) for i in reply if isinstance(i, ErrorReply))
+        return next(encode_error(i.message, i.code) for i in reply
+                    if isinstance(i, ErrorReply))
     return encode_array(reply)
 
 
@@ -185,6 +189,7 @@ class NodeProtocol(Protocol):
         self._peer: Optional[Protocol] = None
         self._spare = self._slot()
         self._spare_run = self._run_slot()
+        self._authed = not factory.password
 
     def connectionMade(self) -> None:
         """
@@ -366,6 +371,9 @@ class NodeProtocol(Protocol):
         while i < len(commands):
             if self._done:
                 return
+            if (not self._authed or len(commands[i][0]) in (4, 5)) and self._gate(commands[i]):
+                i += 1  # (AUTH, or refused before AUTH)
+                continue
             if bulk is not None and i + 1 < len(commands):  # (one alone: no gain)
                 ran = bulk(commands, i, self._spare_run[1])
                 if ran is None:
@@ -437,6 +445,8 @@ class NodeProtocol(Protocol):
         # (reply_shape): MGET one line per key, errors too; other lists
         # are blocks
         kind, count = reply_shape(args)
+        if self._gate(args):
+            return
 
         def respond(reply: Reply) -> None:
             self._fill(_text_shape(reply, kind, count), slot)
@@ -448,6 +458,56 @@ class NodeProtocol(Protocol):
         self._reply(_text_shape(reply, kind, count))
         if reply is QUIT:
             self._done = True
+
+    def _gate(self, args: list[bytes]) -> bool:
+        """
+        Answer C{AUTH}, and any command but C{QUIT} before a client that
+        must give a password gave it; whether it answered.
+        """
+        name = args[0].upper()
+        if name == b"AUTH":
+            self._reply(self._auth(args))
+            return True
+        if name == b"HELLO" and len(args) > 2:
+            # HELLO 3 AUTH user password: what redis-py sends first
+            options = [arg.upper() for arg in args[2:]]
+            if b"AUTH" in options:
+                at = options.index(b"AUTH") + 2
+                if self.factory.password:  # (without one, as Redis: any is fine)
+                    reply = self._auth([b"AUTH", *args[at + 1 : at + 3]])
+                    if reply is not OK:
+                        self._reply(reply)
+                        return True
+                del args[at : at + 3]
+        if self._authed or name in (b"QUIT", b"EXIT"):
+            return False
+        self._reply(ErrorReply("Authentication required.", code="NOAUTH"))
+        return True
+
+    def _auth(self, args: list[bytes]) -> Reply:
+        """
+        C{AUTH [default] password}.
+        """
+        factory = self.factory
+        if not factory.password:
+            return ErrorReply("AUTH <password> called without any password configured for "
+                              "the default user. Are you sure your configuration is correct?")
+        if len(args) not in (2, 3):
+            return ErrorReply("wrong number of arguments for 'auth' command")
+        host = _peer_text(self.transport).rsplit(":", 1)[0]
+        now = factory.now()
+        wait = factory.limiter.wait(host, now)
+        if wait > 0:
+            return ErrorReply(f"too many failed AUTH attempts from {host}: try again in "
+                              f"{wait:.1f} s")
+        if (len(args) == 2 or args[1] == b"default") and check_password(args[-1],
+                                                                          factory.password):
+            self._authed = True
+            return OK
+        factory.limiter.failed(host, now)
+        log.info("failed AUTH from {address}", address=_peer_text(self.transport))
+        return ErrorReply("invalid username-password pair or user is disabled.",
+                          code="WRONGPASS")
 
     def _queue_reply(self, entry: list[Any], count: int = 1) -> None:
         """
@@ -589,6 +649,9 @@ class NodeFactory(Factory):
         the connection's later bytes.
     :param clock: with it, replies that come between reads are sent at the
         end of the reactor's turn, together; without, at once.
+    :param password: what clients must give with C{AUTH} before any other
+        command; empty: no password.
+    :param limiter: limits failed C{AUTH} attempts per client host.
     """
 
     protocol = NodeProtocol  # type: ignore[assignment]
@@ -602,8 +665,12 @@ class NodeFactory(Factory):
         max_pipeline: int,
         peer_connected: Optional[Callable[[NodeProtocol, bytes], Protocol]] = None,
         clock: Optional[IReactorTime] = None,
+        password: bytes = b"",
+        limiter: Optional[FailureLimiter] = None,
     ) -> None:
         self.commands = commands
+        self.password = password
+        self.limiter = limiter or FailureLimiter()
         self.max_line = max_line
         self.max_clients = max_clients
         self.max_pipeline = max_pipeline
@@ -615,6 +682,12 @@ class NodeFactory(Factory):
         self._clock = clock
         self._unsent: dict[NodeProtocol, None] = {}
         self._send_call: Optional[IDelayedCall] = None
+
+    def now(self) -> float:
+        """
+        The time, by the factory's clock.
+        """
+        return self._clock.seconds() if self._clock is not None else time.monotonic()
 
     def send_later(self, proto: NodeProtocol) -> None:
         """

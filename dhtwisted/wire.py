@@ -12,6 +12,7 @@ from typing import Optional
 
 from ._proto import dht_pb2
 from .config import parse_address, valid_node_id
+from .handshake import MAGIC, NONCE_SIZE, PREAMBLE_SIZE, PROTOCOL_VERSION
 from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member
 from .store import Record
 from .twopc import ABORTED, COMMITTED, PREPARED, UNKNOWN, Vote, Write
@@ -19,7 +20,9 @@ from .twopc import ABORTED, COMMITTED, PREPARED, UNKNOWN, Vote, Write
 __all__ = [
     "Envelope",
     "Frame",
+    "MAGIC",
     "PREAMBLE",
+    "PREAMBLE_SIZE",
     "PROTOCOL_VERSION",
     "member_from_pb",
     "member_to_pb",
@@ -33,12 +36,9 @@ __all__ = [
     "writes_to_pb",
 ]
 
-#: The version of the peer protocol; a peer with another one is refused.
-PROTOCOL_VERSION = 2
-#: What a peer link starts with: the magic (see L{dhtwisted.server.PEER_MAGIC})
-#: and the protocol version.
-MAGIC = b"\x00DHT"
-PREAMBLE = MAGIC + struct.pack(">H", PROTOCOL_VERSION)
+#: The preamble of a node without a cluster secret, with a zero nonce
+#: (see L{dhtwisted.handshake}): what tests send as a dialling peer.
+PREAMBLE = struct.pack(">4sHB16s", MAGIC, PROTOCOL_VERSION, 0, b"\0" * NONCE_SIZE)
 
 Envelope = dht_pb2.Envelope
 Frame = dht_pb2.Frame

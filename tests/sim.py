@@ -207,7 +207,7 @@ class SimLink:
         client.makeConnection(self.cio)
         self.closed = False
         self.dirs = [_Direction(self, self.cio, self.sio, a, b, preamble=len(wire.PREAMBLE)),
-                     _Direction(self, self.sio, self.cio, b, a, preamble=0)]
+                     _Direction(self, self.sio, self.cio, b, a, preamble=len(wire.PREAMBLE))]
 
     def step(self, now: float) -> bool:
         if self.closed:

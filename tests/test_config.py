@@ -349,10 +349,12 @@ class ParseTests(SynchronousTestCase):
 
     def test_advertise(self) -> None:
         """Peers dial advertise if set, else the listen address."""
-        plain = config_from_string("[node]\nlisten = 0.0.0.0:9000\n")
+        open_ = "[security]\nprotected_mode = no\n"
+        plain = config_from_string("[node]\nlisten = 0.0.0.0:9000\n" + open_)
         self.assertIsNone(plain.advertise)
         self.assertEqual(plain.peer_address, Address("0.0.0.0", 9000))
-        config = config_from_string("[node]\nlisten = 0.0.0.0:9000\nadvertise = 10.0.0.5:9000\n")
+        config = config_from_string("[node]\nlisten = 0.0.0.0:9000\nadvertise = 10.0.0.5:9000\n"
+                                    + open_)
         self.assertEqual(config.peer_address, Address("10.0.0.5", 9000))
 
 

@@ -272,3 +272,30 @@ class LiveNodeFuzzTests(SynchronousTestCase):
         self._send(data)
         self.assertIsNone(self.node.process.poll(), self.node.log()[-2000:])
         self.assertEqual(self._send(b"get kept\n"), b"intact\r\n")
+
+
+class AuthFuzzTests(SynchronousTestCase):
+    """
+    Random and mutated client input to a node with a password, from a
+    client that never gave it.
+    """
+
+    def setUp(self) -> None:
+        self.errors = _Errors(self)
+        self.node = make_node(max_line=4096, requirepass="the password, of course")
+
+    @settings(max_examples=EXAMPLES, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(data=client_input)
+    def test_nothing_without_auth(self, data: bytes) -> None:
+        """
+        Whatever it sends, nothing is written, every reply is an error,
+        and nothing is logged as a failure.
+        """
+        client = FakeClient(self.node)
+        got = client.send(data)
+        self.assertEqual(len(self.node.store), 0)
+        for line in got.split(b"\r\n"):
+            if line and not line.startswith((b"-", b"ERR ", b"+OK", b"ok")):
+                self.fail(f"{line!r} in reply to {data!r}")
+        self.assertEqual(self.errors.failures, [])

@@ -26,7 +26,9 @@ from dhtwisted.peer import (
     PeerUnavailable,
 )
 from dhtwisted.wire import (
+    MAGIC,
     PREAMBLE,
+    PREAMBLE_SIZE,
     PROTOCOL_VERSION,
     Envelope,
     Frame,
@@ -146,8 +148,11 @@ def hello_from(member: Member, request_id: int = 1) -> Envelope:
 
 def frames_in(data: bytes) -> list[Envelope]:
     """
-    The envelopes of the frames in C{data}.
+    The envelopes of the frames in C{data} (after the preamble, if it has
+    one).
     """
+    if data.startswith(MAGIC):
+        data = data[PREAMBLE_SIZE:]
     out = []
     while data:
         (length,) = struct.unpack(">I", data[:4])
@@ -481,8 +486,14 @@ class BadInputTests(SynchronousTestCase):
         return transport.value()
 
     def assertClosedUnanswered(self) -> None:
+        """
+        The link closed, having sent at most its own preamble (so that the
+        other end can tell why): no message.
+        """
         self.assertFalse(self.transport.connected)
-        self.assertEqual(self.transport.value(), b"")
+        sent = self.transport.value()
+        self.assertIn(sent[:7], (b"", PREAMBLE[:7]))
+        self.assertEqual(frames_in(sent), [])
         self.assertEqual([e[0] for e in self.node.events], ["link_lost"])
 
     def test_whole_hello(self) -> None:
@@ -507,7 +518,7 @@ class BadInputTests(SynchronousTestCase):
         whole, transport = self.accepting()
         whole.dataReceived(self.hello)
         self.assertTrue(self.transport.connected)
-        self.assertEqual(self.sent(self.transport), self.sent(transport))
+        self.assertEqual(frames_in(self.sent(self.transport)), frames_in(self.sent(transport)))
         self.assertEqual(frames_in(self.transport.value())[0].WhichOneof("body"), "welcome")
         self.assertEqual(self.node.events, [("hello", "a"), ("hello", "a")])
 
@@ -521,10 +532,15 @@ class BadInputTests(SynchronousTestCase):
 
     def test_wrong_version_byte_at_a_time(self) -> None:
         """
-        A wrong version fed byte by byte closes the link as soon as the version byte is seen.
+        A wrong version fed byte by byte closes the link once the whole
+        preamble is in (the acceptor answers its own, so the dialler can
+        say why), not before.
         """
-        other = PREAMBLE[:4] + struct.pack(">H", PROTOCOL_VERSION + 1)
-        for i in range(len(other)):
+        other = PREAMBLE[:4] + struct.pack(">H", PROTOCOL_VERSION + 1) + PREAMBLE[6:]
+        for i in range(len(other) - 1):
+            self.proto.dataReceived(other[i : i + 1])
+        self.assertTrue(self.transport.connected)
+        for i in range(len(other) - 1, len(other)):
             self.proto.dataReceived(other[i : i + 1])
         self.assertClosedUnanswered()
 
@@ -597,14 +613,16 @@ class BadWelcomeTests(SynchronousTestCase):
         self.transport.protocol = self.proto
         self.proto.makeConnection(self.transport)
         sent = self.transport.value()
-        self.assertTrue(sent.startswith(PREAMBLE))
-        [self.hello] = frames_in(sent[len(PREAMBLE) :])
+        self.assertEqual(sent[:7], PREAMBLE[:7])  # (its nonce is its own)
+        [self.hello] = frames_in(sent)
+        self.preamble = PREAMBLE  # the accepting end's, sent before its answer
         self.assertEqual(member_from_pb(self.hello.hello.member), self.node.member)
 
     def answer(self, reply: Envelope) -> None:
         reply.request_id = self.hello.request_id
         reply.reply = True
-        self.proto.dataReceived(framed(reply))
+        self.proto.dataReceived(self.preamble + framed(reply))
+        self.preamble = b""
 
     def test_welcome(self) -> None:
         """
