@@ -8,7 +8,7 @@ PY := $(BIN)/python
 CONFIG ?= etc/node.ini
 SOURCES := setup.py README.md $(shell find dhtwisted twisted -name '*.py' -o -name '*.html' 2>/dev/null)
 
-.PHONY: install run test trial lint proto sim chaos bench bench-quick redis browser clean
+.PHONY: install run test trial lint proto sim chaos bench bench-quick redis browser certs clean
 
 # The venv with the dependencies (rebuilt when setup.py changes).
 $(VENV)/.deps: setup.py
@@ -50,6 +50,11 @@ redis:
 	@command -v redis-benchmark >/dev/null && command -v redis-server >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    redis-server redis-tools >/dev/null; }
+
+# a throwaway CA and certificates for nodes 0-9 and a client, in certs/
+# (see README, Security: mutual TLS)
+certs: $(VENV)/.installed
+	$(BIN)/dht-certs --out certs 0 1 2 3 4 5 6 7 8 9
 
 # Debian's chromium, headless, for the status page test, when missing
 browser:

@@ -24,6 +24,8 @@ setup(
         # refuses older runtimes
         "protobuf>=7.35.1",
         "service-identity>=24.1.0",
+        # dht-certs: a throwaway CA and node certificates (pyOpenSSL needs it anyway)
+        "cryptography>=42.0",
         # a RESP parser in C: the client commands of a read are parsed in one call
         "hiredis>=3.0",
         # the metrics endpoint: Prometheus's own exposition format and process
@@ -50,6 +52,7 @@ setup(
             "dhserver = dhtwisted.cli:dhserver_main",
             "dht-bench = dhtwisted.bench:main",
             "dht-admin = dhtwisted.admin:main",
+            "dht-certs = dhtwisted.certs:main",
         ],
     },
     classifiers=[

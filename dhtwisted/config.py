@@ -345,7 +345,15 @@ SCHEMA: tuple[Setting, ...] = (
             "no password"),
     Setting("security", "protected_mode", _parse_bool, "yes",
             "refuse to start when listening beyond this machine (not 127.0.0.1 or ::1) with "
-            "no cluster secret"),
+            "neither a cluster secret nor TLS"),
+    # [tls]
+    Setting("tls", "ca", _parse_path, "",
+            "the cluster's CA certificate (PEM): peers' and clients' certificates are "
+            "checked against it; empty: no TLS", attr="tls_ca"),
+    Setting("tls", "cert", _parse_path, "",
+            "this node's certificate (PEM), naming <node_id>.node.dhtwisted "
+            "(dht-certs makes them)", attr="tls_cert"),
+    Setting("tls", "key", _parse_path, "", "this node's private key (PEM)", attr="tls_key"),
     # [log]
     Setting("log", "level", _parse_level, "info",
             "least severe events logged: debug (also client connections and HTTP requests), "
@@ -397,6 +405,9 @@ class NodeConfig:
     cluster_secret_file: str
     requirepass: str = dataclasses.field(repr=False)
     protected_mode: bool
+    tls_ca: str
+    tls_cert: str
+    tls_key: str
     log_level: str
     metrics_listen: str
     source: str = "(defaults)"
@@ -450,13 +461,34 @@ class NodeConfig:
                 SecretFile(self.cluster_secret_file).read()
             except ValueError as e:
                 fail("security", "cluster_secret_file", str(e))
+        tls = (self.tls_ca, self.tls_cert, self.tls_key)
+        if any(tls):
+            for name, value in zip(("ca", "cert", "key"), tls):
+                if not value:
+                    fail("tls", name, "set ca, cert and key together, or none of them")
+            if self.node_id != self.node_id.lower():
+                fail("node", "node_id", "with TLS a node id is lower case: certificates name "
+                     "nodes in DNS names, which ignore case")
+            from .tls import TLSSettings
+
+            try:
+                TLSSettings(*tls)
+            except ValueError as e:
+                fail("tls", "cert", str(e))
         if (self.protected_mode and not is_loopback(self.listen.host)
-                and not self.peer_secrets_set):
+                and not self.peer_secrets_set and not self.tls):
             fail("security", "protected_mode",
                  f"this node would listen on {self.listen.host}, beyond this machine, with "
-                 "no cluster secret: anyone who reaches it could join the cluster and read "
-                 "or change every key. Set cluster_secret or cluster_secret_file, or "
-                 "protected_mode = no")
+                 "no cluster secret and no TLS: anyone who reaches it could join the cluster "
+                 "and read or change every key. Set cluster_secret or cluster_secret_file, "
+                 "or [tls], or protected_mode = no")
+
+    @property
+    def tls(self) -> bool:
+        """
+        Whether nodes speak TLS to each other.
+        """
+        return bool(self.tls_cert)
 
     @property
     def peer_secrets_set(self) -> bool:

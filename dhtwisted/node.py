@@ -30,6 +30,7 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     TCP6ServerEndpoint,
     serverFromString,
+    wrapClientTLS,
 )
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
@@ -44,10 +45,11 @@ from .commands import Commands
 from .config import Address, NodeConfig, parse_address
 from .interfaces import IReplica
 from .membership import LEFT, Member, Membership, Refused
-from .peer import Connect, PeerFactory, PeerPool, PeerProtocol, PeerUnavailable
+from .peer import Connect, PeerError, PeerFactory, PeerPool, PeerProtocol, PeerUnavailable
 from .replica import RemoteReplica
 from .ring import Ring, node_tokens
 from .security import SecretFile
+from .tls import TLSSettings
 from .server import NodeFactory, NodeProtocol
 from .web import status_site
 from .status import (
@@ -152,6 +154,8 @@ class DHTNode(MultiService):
         )
         self.commands = Commands(self, config.max_key, config.max_value,
                                  max_write=config.max_message)
+        self.tls = TLSSettings(config.tls_ca, config.tls_cert, config.tls_key) if config.tls \
+            else None
         self.factory = NodeFactory(
             self.commands,
             max_line=config.max_line,
@@ -160,6 +164,7 @@ class DHTNode(MultiService):
             peer_connected=self._peer_connected,
             clock=reactor,
             password=config.requirepass.encode("utf-8"),
+            tls=self.tls.server_options() if self.tls else None,
         )
         self._secret_file = (SecretFile(config.cluster_secret_file)
                              if config.cluster_secret_file else None)
@@ -451,6 +456,8 @@ class DHTNode(MultiService):
         endpoint_type = TCP6ClientEndpoint if ":" in where.host else TCP4ClientEndpoint
         endpoint = endpoint_type(self.reactor, where.host, where.port,
                                  timeout=max(1, int(self.config.rpc_timeout)))
+        if self.tls is not None:
+            endpoint = wrapClientTLS(self.tls.client_options(), endpoint)
         return endpoint.connect(factory)
 
     def _peer_connected(self, proto: NodeProtocol, data: bytes) -> Protocol:
@@ -466,6 +473,10 @@ class DHTNode(MultiService):
         """
         if member.node_id == self.node_id and member.generation != self.me().generation:
             raise Refused(f"node id {member.node_id} is this node's id, at {self.me().address}")
+        if self.tls is not None:
+            why = self.tls.refusal(link.transport, member.node_id)
+            if why is not None:
+                raise Refused(why)
         self.membership.check_join(member)
         self._merge([member])
         self.pool.register(link)
@@ -478,6 +489,10 @@ class DHTNode(MultiService):
         if member.node_id == self.node_id:
             link.transport.loseConnection()  # dialled itself (it is its own seed)
             return
+        if self.tls is not None:
+            why = self.tls.refusal(link.transport, member.node_id)
+            if why is not None:
+                raise PeerError(why)
         self._merge([member] + members)
         self.pool.register(link)
 

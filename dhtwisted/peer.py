@@ -23,6 +23,7 @@ import struct
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 from google.protobuf.message import DecodeError
+from OpenSSL.SSL import Error as SSLError
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
@@ -261,17 +262,8 @@ class PeerProtocol(Int32StringReceiver):
         Close a link whose other end failed the opening; log why, once per
         host and reason.
         """
-        host = self._address().rsplit(":", 1)[0]
-        side = "to" if self.dialer else "from"
-        if (host, why) in self._refusals:
-            log.debug("refused the peer link {side} {address}: {why}", side=side,
-                      address=self._address(), why=why)
-        else:
-            if len(self._refusals) > 10_000:
-                self._refusals.clear()  # (bounded: a flood of hosts)
-            self._refusals.add((host, why))
-            log.warn("refused the peer link {side} {address}: {why} (logged once for "
-                     "this host)", side=side, address=self._address(), why=why)
+        log_refusal(self._refusals, "peer link " + ("to" if self.dialer else "from"),
+                    self._address(), why)
         self._fail_ready(Failure(PeerError(f"refused: {why}")))
         self._close()
 
@@ -450,6 +442,14 @@ class PeerProtocol(Int32StringReceiver):
         """
         Fail every pending request and tell the node.
         """
+        if self.peer is None and reason is not None and reason.check(SSLError):
+            log_refusal(self._refusals, "peer link " + ("to" if self.dialer else "from"),
+                        self._address(), tls_failure(reason))
+        elif (not self._shake.done and not self.dialer and self._shake.secrets
+              and not self._closing):
+            # (the dialler saw that this node's proof is not of its secret)
+            log_refusal(self._refusals, "peer link from", self._address(),
+                        "it closed the link before proving it knows the cluster secret")
         self.connected = False
         self._out = []
         for call in (self._sweep, self._flush_call, self._shake_timer):
@@ -461,6 +461,34 @@ class PeerProtocol(Int32StringReceiver):
             _answer(answer, PeerDisconnected(f"link to {self.peer_id or self._address()} lost"))
         self._fail_ready(Failure(PeerDisconnected("link closed during the handshake")))
         self.node.link_lost(self)
+
+
+def log_refusal(logged: set[tuple[str, str]], what: str, address: str, why: str) -> None:
+    """
+    Log that C{what} (C{"peer link from"}, ...) C{address} was refused and
+    why: a warning the first time for that host and reason, at debug after.
+    """
+    host = address.rsplit(":", 1)[0]
+    if (host, why) in logged:
+        log.debug("refused the {what} {address}: {why}", what=what, address=address, why=why)
+        return
+    if len(logged) > 10_000:
+        logged.clear()  # (bounded: a flood of hosts)
+    logged.add((host, why))
+    log.warn("refused the {what} {address}: {why} (logged once for this host)", what=what,
+             address=address, why=why)
+
+
+def tls_failure(reason: Failure) -> str:
+    """
+    A failed TLS handshake, for a log line: what OpenSSL said.
+    """
+    detail = reason.value.args[0] if reason.value.args else ""
+    if isinstance(detail, list):
+        said = "; ".join(str(item[-1]) for item in detail if isinstance(item, tuple))
+    else:
+        said = str(detail)
+    return f"TLS handshake failed ({said or type(reason.value).__name__})"
 
 
 def _answer(answer: Answer, result: Any) -> None:

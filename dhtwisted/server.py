@@ -23,6 +23,8 @@ from typing import Any, Callable, Optional, Union
 
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from OpenSSL.SSL import Error as SSLError
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -30,7 +32,9 @@ from zope.interface import implementer
 from .logs import OBSERVER
 from .commands import OK, PENDING, QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
 from .quoting import QuotingError, quote_value, reply_shape, split_args
+from .peer import log_refusal, tls_failure
 from .security import FailureLimiter, check_password
+from .tls import TLS_FIRST_BYTE
 from .sending import write_now
 from .wire import MAGIC
 from .resp import (
@@ -212,6 +216,10 @@ class NodeProtocol(Protocol):
         """
         if self._peer is not None:
             self._peer.connectionLost(reason)
+        elif self._mode is None and reason is not None and reason.check(SSLError):
+            # a TLS client or peer whose certificate the handshake refused
+            log_refusal(self.factory.refusals, "TLS connection from",
+                        _peer_text(self.transport), tls_failure(reason))
         self._done = True
         self._lost = True
         self._replies.clear()
@@ -300,6 +308,13 @@ class NodeProtocol(Protocol):
             self._mode = "peer"
             self._done = True
             self._peer = self.factory.peer_connected(self, data)
+            return None
+        if data[:1] == TLS_FIRST_BYTE and self.factory.tls is not None:
+            # TLS: the commands (or the peer link) are inside; this
+            # connection only carries its bytes
+            self._mode = "tls"
+            self._done = True
+            self._peer = self.factory.tls_connected(self, data)
             return None
         if data[:1] == b"*":
             self._mode = "resp"
@@ -652,6 +667,8 @@ class NodeFactory(Factory):
     :param password: what clients must give with C{AUTH} before any other
         command; empty: no password.
     :param limiter: limits failed C{AUTH} attempts per client host.
+    :param tls: the TLS options of connections that open with a TLS client
+        hello; none: such bytes are taken as a text client's.
     """
 
     protocol = NodeProtocol  # type: ignore[assignment]
@@ -667,8 +684,13 @@ class NodeFactory(Factory):
         clock: Optional[IReactorTime] = None,
         password: bytes = b"",
         limiter: Optional[FailureLimiter] = None,
+        tls: Optional[Any] = None,
     ) -> None:
         self.commands = commands
+        self.tls = tls
+        self.refusals: set[tuple[str, str]] = set()  # (host, why) logged already
+        self._tls_factory = (TLSMemoryBIOFactory(tls, False, self, clock)
+                             if tls is not None else None)
         self.password = password
         self.limiter = limiter or FailureLimiter()
         self.max_line = max_line
@@ -711,6 +733,17 @@ class NodeFactory(Factory):
         A protocol for a new connection.
         """
         return NodeProtocol(self)
+
+    def tls_connected(self, proto: NodeProtocol, data: bytes) -> Protocol:
+        """
+        A connection opened with a TLS client hello: a TLS layer over it,
+        with a connection of this factory inside.
+        """
+        assert self._tls_factory is not None
+        tls = self._tls_factory.buildProtocol(proto.transport.getPeer())
+        tls.makeConnection(proto.transport)
+        tls.dataReceived(data)
+        return tls  # type: ignore[no-any-return]
 
     def peer_connected(self, proto: NodeProtocol, data: bytes) -> Optional[Protocol]:
         """

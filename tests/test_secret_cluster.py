@@ -17,7 +17,7 @@ import time
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from dhtwisted import wire
+from dhtwisted import logs, wire
 from dhtwisted.config import Address, default_config
 from dhtwisted.node import DHTNode
 
@@ -53,6 +53,7 @@ class SecretClusterTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.cluster = Cluster(3, gossip_interval=0.5, cluster_secret=SECRET)
         self.events: list[dict] = []
+        self.addCleanup(logs.configure, "info")
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
@@ -63,10 +64,11 @@ class SecretClusterTests(SynchronousTestCase):
         self.assertEqual(self.cluster.client(1).command(b"set k v"), b"ok\r\n")
         self.assertEqual(self.cluster.client(2).command(b"get k"), b"v\r\n")
 
-    def check_kept_out(self, settings: dict, why: str) -> None:
+    def check_kept_out(self, settings: dict, member_says: str, outsider_says: str) -> None:
         self.cluster.run(5)
         self.assertEqual(self.cluster.client(0).command(b"set before v"), b"ok\r\n")
-        node = outsider(self.cluster, "x", 9100, **settings)
+        # (at debug: the refusals after the first are logged there)
+        node = outsider(self.cluster, "x", 9100, log_level="debug", **settings)
         self.cluster.run(20)
         # not a member anywhere, and it knows nobody
         for view in self.cluster.live_views().values():
@@ -80,17 +82,22 @@ class SecretClusterTests(SynchronousTestCase):
         self.assertNotIn("x", self.cluster.holders(b"after"))
         out = FakeClient(node)
         self.assertTrue(out.send(b"set k v\n").startswith(b"ERR not part of a cluster"))
-        # the member it dialled logged the refusal once, though it kept trying
-        refusals = [e for e in self.events if "refused the peer link" in e.get("log_format", "")
-                    and e.get("why") == why and e["log_level"].name == "warn"]
-        self.assertEqual(len(refusals), 1, [e.get("why") for e in self.events
-                                            if "why" in e])
+        # each side logged the refusal once, though the outsider kept trying
+        refusals = [(e["what"], e["why"]) for e in self.events
+                    if e.get("what", "").startswith("peer link")
+                    and e["log_level"].name == "warn"]
+        self.assertEqual(sorted(refusals), [("peer link from", member_says),
+                                            ("peer link to", outsider_says)])
+        self.assertGreater(len([e for e in self.events if e.get("why") == member_says]), 1)
 
     def test_wrong_secret_kept_out(self) -> None:
-        self.check_kept_out({"cluster_secret": OTHER}, "it does not know the cluster secret")
+        self.check_kept_out({"cluster_secret": OTHER},
+                            "it closed the link before proving it knows the cluster secret",
+                            "it does not know the cluster secret")
 
     def test_no_secret_kept_out(self) -> None:
-        self.check_kept_out({}, "it has no cluster secret, this node has one")
+        self.check_kept_out({}, "it has no cluster secret, this node has one",
+                            "it has a cluster secret, this node has none")
 
     def test_raw_connection_read_no_further(self) -> None:
         """

@@ -29,8 +29,8 @@ class ProtectedModeTests(SynchronousTestCase):
             message = str(caught.exception)
             self.assertTrue(message.startswith("n.ini: [security] protected_mode: this node "
                                                "would listen on"), message)
-            self.assertIn("Set cluster_secret or cluster_secret_file, or protected_mode = no",
-                          message)
+            self.assertIn("Set cluster_secret or cluster_secret_file, or [tls], or "
+                          "protected_mode = no", message)
 
     def test_allowed(self) -> None:
         for ini in ("[node]\nlisten = 127.0.0.1:9000\n",
