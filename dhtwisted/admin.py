@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import socket
+import ssl
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -35,27 +36,40 @@ class AdminError(Exception):
     """
 
 
-def ask(host: str, port: int, *args: bytes, timeout: float = 10.0) -> Any:
+def ask(host: str, port: int, *args: bytes, timeout: float = 10.0,
+        password: Optional[str] = None, tls: Optional[ssl.SSLContext] = None) -> Any:
     """
     Send one RESP command to the node at C{host:port}; its reply.
 
+    :param password: sent with C{AUTH} first, if given.
+    :param tls: speak TLS with this context.
     :raises AdminError: if the node cannot be reached, does not answer in
         time, or answers with an error.
     """
     where = f"{host}:{port}"
+    commands = [args]
+    if password is not None:
+        commands.insert(0, (b"AUTH", password.encode("utf-8")))
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLError as e:
+        raise AdminError(f"TLS with {where} failed: {e.reason or e}") from None
     except OSError as e:
         raise AdminError(f"cannot connect to {where}: {e.strerror or e}") from None
+    replies = []
     try:
-        command = b"*%d\r\n" % len(args) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args)
-        sock.sendall(command)
+        sock.sendall(b"".join(
+            b"*%d\r\n" % len(command)
+            + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command)
+            for command in commands))
         reader = hiredis.Reader()
-        while True:
+        while len(replies) < len(commands):
             reply = reader.gets()
             if reply is not False:
-                break
+                replies.append(reply)
+                continue
             data = sock.recv(65536)
             if not data:
                 raise AdminError(f"{where} closed the connection without answering")
@@ -66,9 +80,19 @@ def ask(host: str, port: int, *args: bytes, timeout: float = 10.0) -> Any:
         raise AdminError(f"{where}: {e.strerror or e}") from None
     finally:
         sock.close()
-    if isinstance(reply, hiredis.ReplyError):
-        raise AdminError(f"{where}: {reply}")
-    return reply
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError):
+            raise AdminError(f"{where}: {reply}")
+    return replies[-1]
+
+
+def _tls_context(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    if not (args.tls or args.cacert):
+        return None
+    context = ssl.create_default_context(cafile=args.cacert)
+    if args.cert:
+        context.load_cert_chain(args.cert, args.key)
+    return context
 
 
 def _percent(share: float) -> str:
@@ -173,6 +197,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for the node (default 10)")
+    parser.add_argument("--password", default=os.environ.get("DHT_PASSWORD"),
+                        help="the node's requirepass (default $DHT_PASSWORD)")
+    parser.add_argument("--tls", action="store_true", help="speak TLS to the node")
+    parser.add_argument("--cacert", help="the CA to check the node's certificate with "
+                                         "(implies --tls)")
+    parser.add_argument("--cert", help="a client certificate to show (PEM)")
+    parser.add_argument("--key", help="its private key (PEM)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     where_help = f"the node to ask (default $DHT_ADDRESS or {_DEFAULT})"
@@ -198,16 +229,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(e))
     host, port = address.host, address.port
     try:
+        context = _tls_context(args)
+    except (OSError, ssl.SSLError) as e:
+        parser.error(f"cannot load the TLS files: {e}")
+    options = {"timeout": args.timeout, "password": args.password, "tls": context}
+    try:
         if args.command == "leave":
-            ask(host, port, b"DHT", b"LEAVE", timeout=args.timeout)
+            ask(host, port, b"DHT", b"LEAVE", **options)
             print(f"{address}: leaving the cluster, handing its keys over")
             return _wait_gone(host, port, args.wait)
         if args.command == "key":
-            reply = ask(host, port, b"DHT", b"KEY",
-                        os.fsencode(args.key), timeout=args.timeout)
+            reply = ask(host, port, b"DHT", b"KEY", os.fsencode(args.key), **options)
         else:
-            reply = ask(host, port, b"DHT", args.command.upper().encode(),
-                        timeout=args.timeout)
+            reply = ask(host, port, b"DHT", args.command.upper().encode(), **options)
         doc = json.loads(reply)
     except AdminError as e:
         print(f"dht-admin: {e}", file=sys.stderr)

@@ -118,6 +118,15 @@ class RedisPyAuthTests(SynchronousTestCase):
             s.sendall(resp(b"AUTH", b"wrong"))
             self.assertTrue(s.recv(100).startswith(b"-WRONGPASS"))
         self.assertIn("failed AUTH from 127.0.0.1:", node.log())
+        # dht-admin needs the password too
+        from .procs import run_tool
+
+        out = run_tool("dht-admin", ["status", f"127.0.0.1:{node.port}"])
+        self.assertEqual(out.returncode, 1)
+        self.assertIn(b"NOAUTH", out.stderr)
+        out = run_tool("dht-admin", ["--password", PASSWORD, "status", f"127.0.0.1:{node.port}"])
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn(b"1 members as 0* sees them", out.stdout)
 
 
 class HelloAuthTests(SynchronousTestCase):

@@ -125,6 +125,14 @@ class TLSClusterTests(SynchronousTestCase):
             self.assertEqual(s.recv(100), b"$8\r\nover-tls\r\n")
         out = run_tool("dht-client", ["127.0.0.1", str(self.base)], b"get k\n")
         self.assertEqual(out.stdout, b"over-tls\n")
+        # dht-admin over TLS, checking the node's certificate
+        out = run_tool("dht-admin", ["--cacert", self.ca, "key", "k", f"127.0.0.1:{self.base}"])
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn(b"replicas agree", out.stdout)
+        other_ca = os.path.join(self.dir, "rogue", "ca.pem")
+        out = run_tool("dht-admin", ["--cacert", other_ca, "status", f"127.0.0.1:{self.base}"])
+        self.assertEqual(out.returncode, 1)
+        self.assertIn(b"TLS with 127.0.0.1:", out.stderr)
 
     def test_outsiders_kept_out(self) -> None:
         """
