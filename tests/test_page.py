@@ -6,7 +6,6 @@ screenshot in results/status-page.png.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -16,8 +15,8 @@ from html.parser import HTMLParser
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .procs import free_block, run_tool, start_nodes
-from .test_web import fetch, web_url
+from .procs import run_tool
+from .test_web import web_cluster
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SCREENSHOT = os.path.join(ROOT, "results", "status-page.png")
@@ -105,13 +104,8 @@ class StatusPageTests(SynchronousTestCase):
         self.browser = chromium()
         self.profile = tempfile.mkdtemp(prefix="dht-chromium-")
         self.addCleanup(shutil.rmtree, self.profile, True)
-        base = free_block(3)
-        metrics = "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n"
-        self.nodes = start_nodes("pg", base, 3, extra={i: metrics for i in range(3)})
-        for node in self.nodes:
-            self.addCleanup(node.stop)
-        self.base = base
-        self.url = web_url(self.nodes[0])
+        self.nodes, self.base, urls = web_cluster(self, "pg")
+        self.url = urls[0]
 
     def chromium(self, *args: str) -> subprocess.CompletedProcess:
         """
@@ -130,12 +124,6 @@ class StatusPageTests(SynchronousTestCase):
         owning the whole ring, the summary, a live request rate above zero
         while clients write, and that it refreshed by itself.
         """
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            doc = json.loads(fetch(self.url + "status.json")[1])["status"]
-            if doc["summary"]["alive"] == 3 and doc["summary"]["agree"]:
-                break
-            time.sleep(0.3)
         # writes through node 0, then a heartbeat for the rate to show
         lines = "".join(f"set page{i} v\n" for i in range(300)).encode()
         run_tool("dht-client", ["127.0.0.1", str(self.base)], lines)

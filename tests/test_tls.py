@@ -116,7 +116,8 @@ class TLSClusterTests(SynchronousTestCase):
                             extra={i: self.tls_ini(f"t{i}") for i in range(3)})
         for node in nodes:
             self.addCleanup(node.stop)
-        self.wait_alive(self.base, ["t0", "t1", "t2"])
+        for i in range(3):  # each must see the others before it coordinates
+            self.wait_alive(self.base + i, ["t0", "t1", "t2"])
         with self.tls_client(self.base + 1, with_cert=False) as s:
             s.sendall(b"set k over-tls\r\n")
             self.assertEqual(s.recv(100), b"ok\r\n")

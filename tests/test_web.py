@@ -53,6 +53,28 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     return out
 
 
+def web_cluster(case: SynchronousTestCase, prefix: str
+                ) -> tuple[list[NodeProcess], int, list[str]]:
+    """
+    Three real nodes with the HTTP endpoint on a free port each, once they
+    agree on the ring: the nodes, the first client port, their URLs. The
+    case stops them.
+    """
+    base = free_block(3)
+    metrics = "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n"
+    nodes = start_nodes(prefix, base, 3, extra={i: metrics for i in range(3)})
+    for node in nodes:
+        case.addCleanup(node.stop)
+    urls = [web_url(node) for node in nodes]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        summary = json.loads(fetch(urls[0] + "status.json")[1])["status"]["summary"]
+        if summary["alive"] == 3 and summary["agree"]:
+            break
+        time.sleep(0.3)
+    return nodes, base, urls
+
+
 class HistogramTests(SynchronousTestCase):
     """
     L{Histogram}: buckets as Prometheus wants them.
@@ -80,19 +102,7 @@ class MetricsEndpointTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        base = free_block(3)
-        metrics = "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n"
-        self.nodes = start_nodes("web", base, 3, extra={i: metrics for i in range(3)})
-        for node in self.nodes:
-            self.addCleanup(node.stop)
-        self.base = base
-        self.urls = [web_url(node) for node in self.nodes]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            doc = json.loads(fetch(self.urls[0] + "status.json")[1])
-            if doc["status"]["summary"]["alive"] == 3 and doc["status"]["summary"]["agree"]:
-                break
-            time.sleep(0.3)
+        self.nodes, self.base, self.urls = web_cluster(self, "web")
 
     def test_scrape(self) -> None:
         """
