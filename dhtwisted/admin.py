@@ -91,7 +91,7 @@ def _tls_context(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
         return None
     context = ssl.create_default_context(cafile=args.cacert)
     if args.cert:
-        context.load_cert_chain(args.cert, args.key)
+        context.load_cert_chain(args.cert, args.cert_key)
     return context
 
 
@@ -203,7 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cacert", help="the CA to check the node's certificate with "
                                          "(implies --tls)")
     parser.add_argument("--cert", help="a client certificate to show (PEM)")
-    parser.add_argument("--key", help="its private key (PEM)")
+    parser.add_argument("--key", dest="cert_key", metavar="KEY",
+                        help="its private key (PEM)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     where_help = f"the node to ask (default $DHT_ADDRESS or {_DEFAULT})"

@@ -8,9 +8,13 @@ Each end sends a preamble: the magic C{\\0DHT}, the protocol version (2
 bytes), its mode (1 byte: 0 without a secret, 1 with one) and a fresh
 16-byte nonce. The dialling end sends first; the accepting end answers once
 it has read it. With secrets on both ends, each then proves it knows one
-with an HMAC-SHA256 over both nonces and its role: the acceptor right after
-its preamble, the dialler once it has checked the acceptor's proof. The
-acceptor reads no message before the dialler's proof checks out.
+with an HMAC-SHA256 over both nonces and its role: the dialler first, then
+the acceptor once the dialler's proof checks out. So a node proves nothing
+to whoever connects to it (its proof, over a nonce the other end chose,
+would let that end guess the secret offline); the dialler dials members it
+learnt of from authenticated gossip, or its seeds. The acceptor reads no
+message before the dialler's proof checks out, nor the dialler before the
+acceptor's.
 
 A node has one secret it proves with and may accept others: a cluster
 rotating its secret accepts the old and the new one for a while.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import Sequence
+from typing import Optional, Sequence
 
 __all__ = ["NONCE_SIZE", "PREAMBLE_SIZE", "Handshake", "HandshakeError", "MAGIC",
            "PROTOCOL_VERSION"]
@@ -47,11 +51,14 @@ class HandshakeError(Exception):
     end accepts.
 
     :ivar reply: bytes to send before closing, so the other end can say why.
+    :ivar kind: what went wrong, for logging each kind once (the message
+        may hold what the other end sent).
     """
 
-    def __init__(self, message: str, reply: bytes = b"") -> None:
+    def __init__(self, message: str, reply: bytes = b"", kind: str = "") -> None:
         super().__init__(message)
         self.reply = reply
+        self.kind = kind or message
 
 
 def _proof(secret: bytes, role: bytes, dialer_nonce: bytes, acceptor_nonce: bytes) -> bytes:
@@ -76,6 +83,8 @@ class Handshake:
         self.secrets = list(secrets)
         self.nonce = nonce
         self.done = False
+        #: the secret the other end proved it knows, once it has
+        self.proven: Optional[bytes] = None
         self._mode = _SECRET if self.secrets else _OPEN
         self._buf = b""
         self._their_nonce = b""
@@ -130,32 +139,34 @@ class Handshake:
             raise HandshakeError("not a dhtwisted peer")
         if version != PROTOCOL_VERSION:
             raise HandshakeError(f"it speaks peer protocol version {version}, this node "
-                                 f"{PROTOCOL_VERSION}", reply)
+                                 f"{PROTOCOL_VERSION}", reply, kind="version")
         if mode != self._mode:
             if mode == _OPEN:
                 raise HandshakeError("it has no cluster secret, this node has one", reply)
             if mode == _SECRET:
                 raise HandshakeError("it has a cluster secret, this node has none", reply)
-            raise HandshakeError(f"unknown mode {mode}", reply)
+            raise HandshakeError(f"unknown mode {mode}", reply, kind="mode")
         self._their_nonce = nonce
         if self._mode == _OPEN:
             self.done = True
             return reply
         self._need = _PROOF_SIZE
         self._step = self._their_proof
-        if self.dialer:
-            return b""
+        if not self.dialer:
+            return reply
         dialer_nonce, acceptor_nonce = self._nonces()
-        return reply + _proof(self.secrets[0], b"acceptor", dialer_nonce, acceptor_nonce)
+        return _proof(self.secrets[0], b"dialer", dialer_nonce, acceptor_nonce)
 
     def _their_proof(self, proof: bytes) -> bytes:
         dialer_nonce, acceptor_nonce = self._nonces()
         role = b"acceptor" if self.dialer else b"dialer"
-        if not any(hmac.compare_digest(proof, _proof(secret, role, dialer_nonce,
-                                                     acceptor_nonce))
-                   for secret in self.secrets):
-            raise HandshakeError("it does not know the cluster secret")
+        for secret in self.secrets:
+            if hmac.compare_digest(proof, _proof(secret, role, dialer_nonce, acceptor_nonce)):
+                self.proven = secret
+                break
+        else:
+            raise HandshakeError("it does not know the cluster secret", kind="secret")
         self.done = True
         if self.dialer:
-            return _proof(self.secrets[0], b"dialer", dialer_nonce, acceptor_nonce)
-        return b""
+            return b""
+        return _proof(self.secrets[0], b"acceptor", dialer_nonce, acceptor_nonce)

@@ -48,7 +48,7 @@ from .membership import LEFT, Member, Membership, Refused
 from .peer import Connect, PeerError, PeerFactory, PeerPool, PeerProtocol, PeerUnavailable
 from .replica import RemoteReplica
 from .ring import Ring, node_tokens
-from .security import SecretFile
+from .security import SecretFile, is_loopback
 from .tls import TLSSettings
 from .server import NodeFactory, NodeProtocol
 from .web import status_site
@@ -234,6 +234,10 @@ class DHTNode(MultiService):
             node=self.node_id,
             address=str(self.address),
         )
+        if not is_loopback(self.config.listen.host) and not self.config.requirepass:
+            log.warn("node {node} listens on {host}, beyond this machine, with no "
+                     "requirepass: any client that reaches it may read and change every key",
+                     node=self.node_id, host=self.config.listen.host)
         if self.web_port is not None:
             where = self.web_port.getHost()
             host = getattr(where, "host", None)
@@ -486,13 +490,13 @@ class DHTNode(MultiService):
         """
         A peer this node dialled welcomed it.
         """
-        if member.node_id == self.node_id:
-            link.transport.loseConnection()  # dialled itself (it is its own seed)
-            return
         if self.tls is not None:
             why = self.tls.refusal(link.transport, member.node_id)
             if why is not None:
                 raise PeerError(why)
+        if member.node_id == self.node_id:
+            link.transport.loseConnection()  # dialled itself (it is its own seed)
+            return
         self._merge([member] + members)
         self.pool.register(link)
 

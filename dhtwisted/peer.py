@@ -243,7 +243,7 @@ class PeerProtocol(Int32StringReceiver):
             except HandshakeError as e:
                 if e.reply:
                     self.transport.write(e.reply)
-                self._refuse(str(e))
+                self._refuse(str(e), e.kind)
                 return
             if out:
                 self.transport.write(out)
@@ -257,13 +257,13 @@ class PeerProtocol(Int32StringReceiver):
                 return
         super().dataReceived(data)
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str, kind: str = "") -> None:
         """
         Close a link whose other end failed the opening; log why, once per
-        host and reason.
+        host and kind of reason.
         """
         log_refusal(self._refusals, "peer link " + ("to" if self.dialer else "from"),
-                    self._address(), why)
+                    self._address(), why, kind)
         self._fail_ready(Failure(PeerError(f"refused: {why}")))
         self._close()
 
@@ -444,12 +444,16 @@ class PeerProtocol(Int32StringReceiver):
         """
         if self.peer is None and reason is not None and reason.check(SSLError):
             log_refusal(self._refusals, "peer link " + ("to" if self.dialer else "from"),
-                        self._address(), tls_failure(reason))
-        elif (not self._shake.done and not self.dialer and self._shake.secrets
-              and not self._closing):
-            # (the dialler saw that this node's proof is not of its secret)
-            log_refusal(self._refusals, "peer link from", self._address(),
-                        "it closed the link before proving it knows the cluster secret")
+                        self._address(), tls_failure(reason), "tls")
+        elif not self._shake.done and self._shake.secrets and not self._closing:
+            # the other end refused this node's proof (the acceptor says
+            # why in its log), or a dialler left without proving anything
+            if self.dialer:
+                log_refusal(self._refusals, "peer link to", self._address(),
+                            "it closed the link: it does not accept this node's cluster secret")
+            else:
+                log_refusal(self._refusals, "peer link from", self._address(),
+                            "it closed the link before proving it knows the cluster secret")
         self.connected = False
         self._out = []
         for call in (self._sweep, self._flush_call, self._shake_timer):
@@ -463,18 +467,21 @@ class PeerProtocol(Int32StringReceiver):
         self.node.link_lost(self)
 
 
-def log_refusal(logged: set[tuple[str, str]], what: str, address: str, why: str) -> None:
+def log_refusal(logged: set[tuple[str, str]], what: str, address: str, why: str,
+                kind: str = "") -> None:
     """
     Log that C{what} (C{"peer link from"}, ...) C{address} was refused and
-    why: a warning the first time for that host and reason, at debug after.
+    why: a warning the first time for that host and C{kind} of reason (by
+    default C{why}), at debug after.
     """
     host = address.rsplit(":", 1)[0]
-    if (host, why) in logged:
+    seen = (host, kind or why)
+    if seen in logged:
         log.debug("refused the {what} {address}: {why}", what=what, address=address, why=why)
         return
     if len(logged) > 10_000:
         logged.clear()  # (bounded: a flood of hosts)
-    logged.add((host, why))
+    logged.add(seen)
     log.warn("refused the {what} {address}: {why} (logged once for this host)", what=what,
              address=address, why=why)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 from typing import Optional
 
 __all__ = ["MIN_SECRET", "FailureLimiter", "SecretFile", "check_password", "is_loopback",
@@ -53,7 +52,14 @@ class SecretFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._seen: Optional[tuple[int, int, int]] = None
+        self._seen: Optional[bytes] = None  # the content last read
+
+    def _bytes(self) -> bytes:
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(1 << 20)
+        except OSError as e:
+            raise ValueError(f"cannot read {self.path}: {e.strerror}") from None
 
     def read(self) -> list[bytes]:
         """
@@ -61,27 +67,24 @@ class SecretFile:
 
         :raises ValueError: if it cannot be read or holds no usable secret.
         """
+        data = self._bytes()
         try:
-            stat = os.stat(self.path)
-            with open(self.path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise ValueError(f"cannot read {self.path}: {e.strerror}") from None
+            secrets = parse_secrets(data.decode("utf-8"))
         except UnicodeDecodeError:
             raise ValueError(f"{self.path} is not UTF-8 text") from None
-        secrets = parse_secrets(text)
-        self._seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        self._seen = data
         return secrets
 
     def changed(self) -> bool:
         """
-        Whether the file looks changed since it was last read (or is gone).
+        Whether the file's content differs from what was last read (or it
+        cannot be read). It is read whole: a swap of two lines keeps its
+        size, and an edit may keep its time.
         """
         try:
-            stat = os.stat(self.path)
-        except OSError:
+            return self._bytes() != self._seen
+        except ValueError:
             return True
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino) != self._seen
 
 
 def check_password(given: bytes, expected: bytes) -> bool:

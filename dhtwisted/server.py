@@ -194,12 +194,16 @@ class NodeProtocol(Protocol):
         self._spare = self._slot()
         self._spare_run = self._run_slot()
         self._authed = not factory.password
+        #: it runs inside a TLS connection (which counts it, and which may
+        #: not hold another)
+        self.inside_tls = False
 
     def connectionMade(self) -> None:
         """
         Count the connection; refuse it when the node has far too many.
         """
-        self.factory.connections += 1
+        if not self.inside_tls:  # (the TLS connection around it counted itself)
+            self.factory.connections += 1
         if self.factory.connections > self.factory.max_connections:
             log.warn("refused a connection: {count} open", count=self.factory.connections)
             self._done = True
@@ -219,12 +223,13 @@ class NodeProtocol(Protocol):
         elif self._mode is None and reason is not None and reason.check(SSLError):
             # a TLS client or peer whose certificate the handshake refused
             log_refusal(self.factory.refusals, "TLS connection from",
-                        _peer_text(self.transport), tls_failure(reason))
+                        _peer_text(self.transport), tls_failure(reason), "tls")
         self._done = True
         self._lost = True
         self._replies.clear()
         self._in_progress = 0
-        self.factory.connections -= 1
+        if not self.inside_tls:
+            self.factory.connections -= 1
         if self._counted:
             self.factory.clients -= 1
         if self._peer is None:
@@ -309,7 +314,7 @@ class NodeProtocol(Protocol):
             self._done = True
             self._peer = self.factory.peer_connected(self, data)
             return None
-        if data[:1] == TLS_FIRST_BYTE and self.factory.tls is not None:
+        if data[:1] == TLS_FIRST_BYTE and self.factory.tls is not None and not self.inside_tls:
             # TLS: the commands (or the peer link) are inside; this
             # connection only carries its bytes
             self._mode = "tls"
@@ -631,6 +636,23 @@ class NodeProtocol(Protocol):
             self.transport.loseConnection()
 
 
+class _InsideTLS(Factory):
+    """
+    Makes the connections that run inside TLS: those of a L{NodeFactory},
+    marked as such.
+    """
+
+    noisy = False
+
+    def __init__(self, outer: "NodeFactory") -> None:
+        self.outer = outer
+
+    def buildProtocol(self, addr: object) -> NodeProtocol:
+        proto = self.outer.buildProtocol(addr)
+        proto.inside_tls = True
+        return proto
+
+
 def _peer_text(transport: Any) -> str:
     """
     The other end of a connection, as C{host:port}.
@@ -689,7 +711,7 @@ class NodeFactory(Factory):
         self.commands = commands
         self.tls = tls
         self.refusals: set[tuple[str, str]] = set()  # (host, why) logged already
-        self._tls_factory = (TLSMemoryBIOFactory(tls, False, self, clock)
+        self._tls_factory = (TLSMemoryBIOFactory(tls, False, _InsideTLS(self), clock)
                              if tls is not None else None)
         self.password = password
         self.limiter = limiter or FailureLimiter()

@@ -82,6 +82,9 @@ class TLSSettings:
             return "this cluster's nodes speak TLS to each other"
         if transport.getPeerCertificate() is None:
             return "it showed no certificate"
+        if node_id != node_id.lower():
+            # (certificate names ignore case: one for "a" would pass as "A")
+            return f"node id {node_id} is not lower case, as TLS needs"
         try:
             verify_hostname(transport.getHandle(), tls_name(node_id))
         except (VerificationError, CertificateError):

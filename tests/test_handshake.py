@@ -88,19 +88,23 @@ class OpeningTests(SynchronousTestCase):
 
     def test_byte_at_a_time(self) -> None:
         dialer, acceptor = pair([OLD], [OLD])
-        first = dialer.start()
-        out = b""
-        for i in range(len(first)):
-            sent, _ = acceptor.feed(first[i:i + 1])
-            out += sent
-        self.assertEqual(len(out), PREAMBLE_SIZE + 32)
-        proof = b""
-        for i in range(len(out)):
-            sent, _ = dialer.feed(out[i:i + 1])
-            proof += sent
-        self.assertTrue(dialer.done)
-        _, rest = acceptor.feed(proof + b"frames")
+
+        def bytewise(end: Handshake, data: bytes) -> bytes:
+            out = b""
+            for i in range(len(data)):
+                out += end.feed(data[i:i + 1])[0]
+            return out
+
+        preamble = bytewise(acceptor, dialer.start())
+        self.assertEqual(len(preamble), PREAMBLE_SIZE)  # no proof before the dialler's
+        proof = bytewise(dialer, preamble)
+        self.assertEqual(len(proof), 32)
+        self.assertFalse(dialer.done)
+        answer = bytewise(acceptor, proof)
         self.assertTrue(acceptor.done)
+        self.assertEqual(acceptor.proven, OLD)
+        _, rest = dialer.feed(answer + b"frames")
+        self.assertTrue(dialer.done)
         self.assertEqual(rest, b"frames")
 
 
@@ -111,14 +115,18 @@ class RefusalTests(SynchronousTestCase):
 
     def test_wrong_secret(self) -> None:
         """
-        The dialler checks the acceptor's proof first, and refuses it.
+        The dialler proves first; the acceptor refuses its proof, having
+        proved nothing itself.
         """
         dialer, acceptor = pair([NEW], [OLD])
-        out, _ = acceptor.feed(dialer.start())
+        preamble, _ = acceptor.feed(dialer.start())
+        self.assertEqual(len(preamble), PREAMBLE_SIZE)
+        proof, _ = dialer.feed(preamble)
         with self.assertRaises(HandshakeError) as caught:
-            dialer.feed(out)
+            acceptor.feed(proof)
         self.assertEqual(str(caught.exception), "it does not know the cluster secret")
-        self.assertFalse(acceptor.done)
+        self.assertEqual(caught.exception.reply, b"")
+        self.assertFalse(acceptor.done or dialer.done)
 
     def test_forged_proof(self) -> None:
         """
@@ -140,6 +148,8 @@ class RefusalTests(SynchronousTestCase):
         first = dialer.start()
         out, _ = acceptor.feed(first)
         proof, _ = dialer.feed(out)
+        acceptor.feed(proof)
+        self.assertTrue(acceptor.done)
         again = Handshake(False, [OLD], os.urandom(16))
         again.feed(first)
         with self.assertRaises(HandshakeError):
@@ -147,12 +157,13 @@ class RefusalTests(SynchronousTestCase):
 
     def test_reflected_proof(self) -> None:
         """
-        The acceptor's own proof sent back to it is not a dialler's proof.
+        A dialler's own proof sent back to it is not an acceptor's proof.
         """
         dialer, acceptor = pair([OLD], [OLD])
         out, _ = acceptor.feed(dialer.start())
+        proof, _ = dialer.feed(out)
         with self.assertRaises(HandshakeError):
-            acceptor.feed(out[PREAMBLE_SIZE:])
+            dialer.feed(proof)
 
     def test_secret_against_none(self) -> None:
         """

@@ -91,9 +91,8 @@ class SecretClusterTests(SynchronousTestCase):
         self.assertGreater(len([e for e in self.events if e.get("why") == member_says]), 1)
 
     def test_wrong_secret_kept_out(self) -> None:
-        self.check_kept_out({"cluster_secret": OTHER},
-                            "it closed the link before proving it knows the cluster secret",
-                            "it does not know the cluster secret")
+        self.check_kept_out({"cluster_secret": OTHER}, "it does not know the cluster secret",
+                            "it closed the link: it does not accept this node's cluster secret")
 
     def test_no_secret_kept_out(self) -> None:
         self.check_kept_out({}, "it has no cluster secret, this node has one",
@@ -163,7 +162,7 @@ class RotationTests(SynchronousTestCase):
         return node
 
     def test_rotate_under_load(self) -> None:
-        base = free_block(5)
+        base = free_block(6)
         files = [self.secret_file(f"n{i}", SECRET) for i in range(3)]
         nodes = [self.node(i, base, files[i], base) for i in range(3)]
         for i in range(3):
@@ -192,18 +191,26 @@ class RotationTests(SynchronousTestCase):
         try:
             # 1: every node also accepts the new secret; 2: every node proves
             # the new one, still accepting the old; 3: the old one is gone
-            for number, step in enumerate(((SECRET, OTHER), (OTHER, SECRET), (OTHER,)), 1):
+            steps = ((SECRET, OTHER), (OTHER, SECRET), (OTHER,))
+            for number, step in enumerate(steps, 1):
                 for i in range(3):
                     self.secret_file(f"n{i}", *step)
+                if number == 3:
+                    self.secret_file("n3", *step)
                 deadline = time.monotonic() + 20
                 while time.monotonic() < deadline and not all(
                         n.log().count("cluster secrets read again") == number for n in nodes):
                     time.sleep(0.1)
+                if number == 1:
+                    # mid-rotation: a node already at step 2 joins nodes at
+                    # step 1, over new links both ways
+                    mid = self.node(3, base, self.secret_file("n3", *steps[1]), base)
+                    wait_members("127.0.0.1", base + 3, 4)
                 time.sleep(1.0)  # writes go on between the steps
             # a new node with the new secret only joins; one with the old is kept out
-            newcomer = self.node(3, base, self.secret_file("n3", OTHER), base)
-            late = self.node(4, base, self.secret_file("n4", SECRET), base)
-            wait_members("127.0.0.1", base + 3, 4)
+            newcomer = self.node(4, base, self.secret_file("n4", OTHER), base)
+            late = self.node(5, base, self.secret_file("n5", SECRET), base)
+            wait_members("127.0.0.1", base + 4, 5)
             time.sleep(2.0)
         finally:
             stop.set()
@@ -212,9 +219,11 @@ class RotationTests(SynchronousTestCase):
         self.assertGreater(len(written), 50)
         for node in nodes:
             self.assertEqual(node.log().count("cluster secrets read again"), 3, node.log())
+        self.assertEqual(mid.log().count("cluster secrets read again"), 1)
         members = client("127.0.0.1", base, b"members\n")
         self.assertIn("r3 ", members)
-        self.assertNotIn("r4 ", members)
+        self.assertIn("r4 ", members)
+        self.assertNotIn("r5 ", members)
         self.assertIn("refused the peer link", late.log() + nodes[0].log())
         sample = written[:: max(1, len(written) // 200)]
         got = client("127.0.0.1", base + 2, f"mget {' '.join(sample)}\n".encode())

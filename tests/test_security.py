@@ -151,3 +151,28 @@ class ProtectedModeProcessTests(SynchronousTestCase):
             NodeProcess([], ini="[node]\nlisten = 0.0.0.0:0\n")
         self.assertIn("[security] protected_mode: this node would listen on 0.0.0.0",
                       str(caught.exception))
+
+    def test_warns_without_requirepass(self) -> None:
+        """
+        Protected by a cluster secret but with no client password, a node
+        listening beyond this machine starts and warns that any client may
+        read and change every key; with a password it does not warn.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.logger import globalLogPublisher
+
+        from .helpers import make_node
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        from dhtwisted.config import Address
+
+        for password, warned in (("", 1), ("a password", 0)):
+            del events[:]
+            node = make_node(MemoryReactorClock(), listen=Address("0.0.0.0", 9000),
+                             cluster_secret=SECRET, requirepass=password)
+            node.startService()
+            self.addCleanup(node.stopService)
+            found = [e for e in events if "no requirepass" in e.get("log_format", "")]
+            self.assertEqual(len(found), warned, password)

@@ -68,6 +68,44 @@ class CertsTests(SynchronousTestCase):
                                                                    "node_id = N1")))
 
 
+class TLSLayerTests(SynchronousTestCase):
+    """
+    The TLS layer inside a node's port, without sockets.
+    """
+
+    def test_garbage_hello_counted_once_and_logged(self) -> None:
+        """
+        A connection that opens like TLS and then is not: one connection
+        counted while open, none after; the failed handshake is logged.
+        Inside a TLS connection, TLS bytes are not taken as TLS again.
+        """
+        from twisted.logger import globalLogPublisher
+
+        from .helpers import FakeClient, make_node
+
+        folder = tempfile.mkdtemp(prefix="dht-certs-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        cert, key = write_set(folder, ["0"])["0"]
+        node = make_node(tls_ca=os.path.join(folder, "ca.pem"), tls_cert=cert, tls_key=key)
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        client = FakeClient(node)
+        client.protocol.dataReceived(b"\x16\x03\x01\x00\x05")  # a record header, no hello
+        self.assertEqual(node.factory.connections, 1)
+        client.protocol.dataReceived(b"\x00" * 64)
+        client.transport.loseConnection()
+        self.assertEqual(node.factory.connections, 0)
+        refusals = [e for e in events if e.get("what") == "TLS connection from"]
+        self.assertEqual(len(refusals), 1, refusals)
+        self.assertTrue(refusals[0]["why"].startswith("TLS handshake failed ("))
+        self.assertEqual(node.factory.clients, 0)
+        # inside TLS, a 0x16 first byte is a (bad) text command, not TLS again
+        inner = FakeClient(node)
+        inner.protocol.inside_tls = True
+        self.assertTrue(inner.send(b"\x16\x03 nested\n").startswith(b"ERR unknown command"))
+
+
 class TLSClusterTests(SynchronousTestCase):
     """
     Real nodes on 127.0.0.1 with certificates from one throwaway CA.
@@ -177,3 +215,28 @@ class TLSClusterTests(SynchronousTestCase):
         for o in outsiders:
             out = run_tool("dht-client", ["127.0.0.1", str(o.port)], b"set x y\n")
             self.assertTrue(out.stdout.startswith(b"ERR not part of a cluster"), out.stdout)
+
+    def test_impostor_dialled(self) -> None:
+        """
+        A member that dials an impostor (a node calling itself t3 but
+        showing t1's valid certificate) refuses its Welcome.
+        """
+        cert, key = self.paths["t1"]
+        impostor = NodeProcess([], ini=f"[node]\nnode_id = t3\n"
+                                       f"listen = 127.0.0.1:{self.base + 1}\nring_id = 3\n"
+                                       f"[tls]\nca = {self.ca}\ncert = {cert}\nkey = {key}\n")
+        self.addCleanup(impostor.stop)
+        member = start_nodes("t", self.base, 1, extra={0: self.tls_ini("t0")})[0]
+        self.addCleanup(member.stop)
+        # t0 has no seed: make it dial the impostor, as a joining node would
+        member.stop()
+        member = NodeProcess([], ini=f"[node]\nnode_id = t2\nlisten = 127.0.0.1:{self.base}\n"
+                                     f"ring_id = 2\n[cluster]\ngossip_interval = 0.5\n"
+                                     f"seeds = 127.0.0.1:{self.base + 1}\n" + self.tls_ini("t2"))
+        self.addCleanup(member.stop)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "does not name node t3" not in member.log():
+            time.sleep(0.2)
+        self.assertIn("its certificate does not name node t3", member.log())
+        doc = self.status(self.base)
+        self.assertEqual([m["id"] for m in doc["members"]], ["t2"])
