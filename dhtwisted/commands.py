@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import itertools
 import json
-from time import perf_counter
 from collections import Counter
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 from twisted.logger import Logger
@@ -477,6 +477,7 @@ class Commands:
             error = self._check_key(args[2])
             if error is not None:
                 return error
+
             def answer(doc: Any) -> None:
                 if isinstance(doc, Exception):
                     respond(self._outcome(doc, _json))

@@ -239,7 +239,8 @@ def _parse_endpoint(text: str) -> str:
     v6 = re.match(r"^\[([^\]\s]+)\]:(\d+)$", value)
     short = re.match(r"^([^:\s\[\]]+):(\d+)$", value)
     if v6:
-        value = f"tcp6:{v6.group(2)}:interface={v6.group(1).replace(':', chr(92) + ':')}"
+        escaped = v6.group(1).replace(":", "\\:")  # (a colon ends a field otherwise)
+        value = f"tcp6:{v6.group(2)}:interface={escaped}"
     elif short and short.group(1) not in _ENDPOINT_TYPES:
         value = f"tcp:{short.group(2)}:interface={short.group(1)}"
     if value.split(":", 1)[0] not in _ENDPOINT_TYPES:

@@ -16,26 +16,25 @@ is not read from until it has fewer.
 from __future__ import annotations
 
 import re
-import time
 from collections import deque
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any, Callable, Optional, Union
 
+from OpenSSL.SSL import Error as SSLError
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from OpenSSL.SSL import Error as SSLError
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .logs import OBSERVER
 from .commands import OK, PENDING, QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
-from .quoting import QuotingError, quote_value, reply_shape, split_args
+from .logs import OBSERVER
 from .peer import log_refusal, tls_failure
+from .quoting import QuotingError, quote_value, reply_shape, split_args
 from .security import FailureLimiter, check_password
-from .tls import TLS_FIRST_BYTE
 from .sending import write_now
+from .tls import TLS_FIRST_BYTE
 from .wire import MAGIC
 from .resp import (
     RespError,
@@ -460,13 +459,13 @@ class NodeProtocol(Protocol):
         """
         Run one text command. (RESP commands run in L{_process_resp}.)
         """
+        if self._gate(args):
+            return
         slot: list[Optional[bytes]] = [None]
         # the text protocol's reply has the shape the client expects
         # (reply_shape): MGET one line per key, errors too; other lists
         # are blocks
         kind, count = reply_shape(args)
-        if self._gate(args):
-            return
 
         def respond(reply: Reply) -> None:
             self._fill(_text_shape(reply, kind, count), slot)
@@ -731,7 +730,7 @@ class NodeFactory(Factory):
         """
         The time, by the factory's clock.
         """
-        return self._clock.seconds() if self._clock is not None else time.monotonic()
+        return self._clock.seconds() if self._clock is not None else monotonic()
 
     def send_later(self, proto: NodeProtocol) -> None:
         """
