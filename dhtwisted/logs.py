@@ -12,21 +12,28 @@ and HTTP requests are logged at debug level, which C{[log] level} leaves
 out by default.
 
 Every module logs through C{Logger(observer=OBSERVER)}.
+
+For log shippers, C{twistd --logger dhtwisted.logs.json_lines dht ...}
+writes every event as one JSON object per line to standard output, with
+those keys as fields (L{json_lines}).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
+    jsonFileLogObserver,
 )
 
-__all__ = ["LEVELS", "OBSERVER", "configure", "key_text"]
+__all__ = ["LEVELS", "OBSERVER", "configure", "json_lines", "key_text"]
 
 #: The levels C{[log] level} accepts.
 LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -62,6 +69,14 @@ def configure(level: str, node: Optional[str] = None) -> None:
     _levels.setLogLevelForNamespace("", LogLevel.levelWithName(level))
     if node is not None:
         _tag.nodes.add(node)
+
+
+def json_lines() -> ILogObserver:
+    """
+    An observer writing each event as one line of JSON to standard output
+    (for C{twistd --logger dhtwisted.logs.json_lines}).
+    """
+    return jsonFileLogObserver(sys.stdout, recordSeparator="")
 
 
 def key_text(key: bytes) -> str:

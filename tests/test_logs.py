@@ -5,9 +5,13 @@ per failed transaction, and twistd's rotation of the scripts' log files.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import tempfile
 import time
 
 from twisted.logger import Logger, LogLevel, globalLogPublisher
@@ -16,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dhtwisted import logs
 
 from .cluster import Cluster
-from .procs import free_block
+from .procs import free_block, tool
 from .test_scripts import ScriptCluster
 
 
@@ -184,3 +188,43 @@ class RotationTests(SynchronousTestCase):
             time.sleep(0.1)
         self.assertIn("spoke HTTP", text)
         self.assertNotIn("listening on", text)
+
+
+class JSONLinesTests(SynchronousTestCase):
+    """
+    C{twistd --logger dhtwisted.logs.json_lines}: one JSON object per line,
+    the event's keys as fields.
+    """
+
+    def test_json_lines(self) -> None:
+        port = free_block(1)
+        folder = tempfile.mkdtemp(prefix="dht-json-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        out_path = os.path.join(folder, "out")
+        with open(out_path, "wb") as out:
+            process = subprocess.Popen(
+                [tool("twistd"), "-n", "--pidfile=", "--logger", "dhtwisted.logs.json_lines",
+                 "dht", "--id", "j0", "--listen", f"127.0.0.1:{port}"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=folder)
+
+        def stop() -> None:  # (by its pid, if the test did not)
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+        self.addCleanup(stop)
+        events: list[dict] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+                e.get("log_format", "").startswith("dht node {node} listening") for e in events):
+            with open(out_path) as f:
+                events = [json.loads(line) for line in f if line.strip()]
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(20), -signal.SIGTERM)
+        listening = [e for e in events if e.get("log_format", "").startswith("dht node {node}")]
+        self.assertEqual(len(listening), 1, events[-5:])
+        self.assertEqual(listening[0]["node"], "j0")
+        self.assertEqual(listening[0]["address"], f"127.0.0.1:{port}")
+        self.assertEqual(listening[0]["log_level"]["name"], "info")
+        self.assertEqual(listening[0]["log_namespace"], "dhtwisted.node")
