@@ -30,7 +30,7 @@ import struct
 from typing import Optional, Sequence
 
 __all__ = ["NONCE_SIZE", "PREAMBLE_SIZE", "Handshake", "HandshakeError", "MAGIC",
-           "PROTOCOL_VERSION"]
+           "PROTOCOL_VERSION", "preamble"]
 
 #: What a peer link starts with (see L{dhtwisted.server.PEER_MAGIC}).
 MAGIC = b"\x00DHT"
@@ -59,6 +59,13 @@ class HandshakeError(Exception):
         super().__init__(message)
         self.reply = reply
         self.kind = kind or message
+
+
+def preamble(secret: bool, nonce: bytes) -> bytes:
+    """
+    The preamble of a node with a cluster secret or without.
+    """
+    return _HEAD.pack(MAGIC, PROTOCOL_VERSION, _SECRET if secret else _OPEN, nonce)
 
 
 def _proof(secret: bytes, role: bytes, dialer_nonce: bytes, acceptor_nonce: bytes) -> bytes:
@@ -125,7 +132,7 @@ class Handshake:
         return not self.done and (self._mode == _SECRET or not self.dialer)
 
     def _preamble(self) -> bytes:
-        return _HEAD.pack(MAGIC, PROTOCOL_VERSION, self._mode, self.nonce)
+        return preamble(self._mode == _SECRET, self.nonce)
 
     def _nonces(self) -> tuple[bytes, bytes]:
         if self.dialer:

@@ -30,10 +30,11 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
+    Logger,
     jsonFileLogObserver,
 )
 
-__all__ = ["LEVELS", "OBSERVER", "configure", "json_lines", "key_text"]
+__all__ = ["LEVELS", "OBSERVER", "Refusals", "configure", "json_lines", "key_text"]
 
 #: The levels C{[log] level} accepts.
 LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -60,6 +61,8 @@ _tag = _NodeTag()
 #: Where dhtwisted's loggers send their events.
 OBSERVER = FilteringLogObserver(_tag, [_levels])
 
+_log = Logger(observer=OBSERVER)
+
 
 def configure(level: str, node: Optional[str] = None) -> None:
     """
@@ -69,6 +72,36 @@ def configure(level: str, node: Optional[str] = None) -> None:
     _levels.setLogLevelForNamespace("", LogLevel.levelWithName(level))
     if node is not None:
         _tag.nodes.add(node)
+
+
+class Refusals:
+    """
+    The refused connections one node has logged: each host and kind of
+    reason as a warning once, at debug after, so that a peer or client
+    that keeps trying does not flood the log.
+
+    :param hosts: most (host, kind) pairs remembered before starting over.
+    """
+
+    def __init__(self, hosts: int = 10_000) -> None:
+        self._seen: set[tuple[str, str]] = set()
+        self._hosts = hosts
+
+    def log(self, what: str, address: str, why: str, kind: str = "") -> None:
+        """
+        C{what} (C{"peer link from"}, ...) C{address} was refused, C{why};
+        C{kind} (by default C{why}) says which refusals are the same.
+        """
+        seen = (address.rsplit(":", 1)[0], kind or why)
+        if seen in self._seen:
+            _log.debug("refused the {what} {address}: {why}", what=what, address=address,
+                       why=why)
+            return
+        if len(self._seen) >= self._hosts:
+            self._seen.clear()
+        self._seen.add(seen)
+        _log.warn("refused the {what} {address}: {why} (logged once for this host)",
+                  what=what, address=address, why=why)
 
 
 def json_lines() -> ILogObserver:

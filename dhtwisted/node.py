@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import logs
-from .logs import OBSERVER
+from .logs import OBSERVER, Refusals
 from . import __version__
 from .commands import Commands
 from .config import Address, NodeConfig, parse_address
@@ -156,6 +156,7 @@ class DHTNode(MultiService):
                                  max_write=config.max_message)
         self.tls = TLSSettings(config.tls_ca, config.tls_cert, config.tls_key) if config.tls \
             else None
+        refusals = Refusals()  # one per node: its port's and its peer links' refusals
         self.factory = NodeFactory(
             self.commands,
             max_line=config.max_line,
@@ -165,13 +166,14 @@ class DHTNode(MultiService):
             clock=reactor,
             password=config.requirepass.encode("utf-8"),
             tls=self.tls.server_options() if self.tls else None,
+            refusals=refusals,
         )
         self._secret_file = (SecretFile(config.cluster_secret_file)
                              if config.cluster_secret_file else None)
         secrets = ([config.cluster_secret.encode("utf-8")] if config.cluster_secret
                    else self._secret_file.read() if self._secret_file else [])
         self.peer_factory = PeerFactory(self, reactor, config.rpc_timeout, config.max_frame,
-                                        secrets=secrets)
+                                        secrets=secrets, refusals=refusals)
         self.pool = PeerPool(self.peer_factory, connect or self._tcp_connect, reactor,
                              backoff=min(0.5, config.gossip_interval),
                              max_backoff=config.gossip_interval)
@@ -635,17 +637,17 @@ class DHTNode(MultiService):
         prove and accept them (the open ones stay open).
         """
         secret_file = self._secret_file
-        if secret_file is None or not secret_file.changed():
+        if secret_file is None:
             return
         try:
-            secrets = secret_file.read()
+            secrets = secret_file.reload()
         except ValueError as e:
             if not self._secrets_broken:
                 log.warn("kept the cluster secrets: {why}", why=str(e), node=self.node_id)
                 self._secrets_broken = True
             return
         self._secrets_broken = False
-        if secrets != self.peer_factory.secrets:
+        if secrets is not None and secrets != self.peer_factory.secrets:
             self.peer_factory.secrets = secrets
             log.info("cluster secrets read again from {path}: {count} accepted",
                      path=secret_file.path, count=len(secrets), node=self.node_id)

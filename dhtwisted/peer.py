@@ -31,10 +31,11 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from .logs import OBSERVER
+from .logs import OBSERVER, Refusals
 from .membership import Member, Refused
 from .sending import write_now
 from .handshake import NONCE_SIZE, Handshake, HandshakeError
+from .tls import tls_failure
 from .wire import Envelope, Frame, member_from_pb, member_to_pb
 
 __all__ = [
@@ -116,13 +117,13 @@ class PeerProtocol(Int32StringReceiver):
     :param dialer: whether this end dialled (and so starts the handshake).
     :param secrets: the cluster secrets it accepts, the one it proves with
         first; none: peers are not authenticated.
-    :param refusals: the refusals logged already, C{(host, why)}: each is
-        logged once per node (shared by its links).
+    :param refusals: logs refused links once per host and reason (one per
+        node, shared by its links).
     """
 
     def __init__(self, node: PeerHandler, clock: IReactorTime, rpc_timeout: float,
                  max_frame: int, dialer: bool, secrets: Sequence[bytes] = (),
-                 refusals: Optional[set[tuple[str, str]]] = None) -> None:
+                 refusals: Optional[Refusals] = None) -> None:
         self.node = node
         self.clock = clock
         self.rpc_timeout = rpc_timeout
@@ -137,7 +138,7 @@ class PeerProtocol(Int32StringReceiver):
         self._ready: list[Deferred[PeerProtocol]] = []
         self._shake = Handshake(dialer, secrets, os.urandom(NONCE_SIZE))
         self._shake_timer: Optional[IDelayedCall] = None
-        self._refusals = refusals if refusals is not None else set()
+        self._refusals = refusals if refusals is not None else Refusals()
         self._closing = False
         # envelopes waiting to go out together in one frame
         self._out: list[bytes] = []
@@ -262,10 +263,13 @@ class PeerProtocol(Int32StringReceiver):
         Close a link whose other end failed the opening; log why, once per
         host and kind of reason.
         """
-        log_refusal(self._refusals, "peer link " + ("to" if self.dialer else "from"),
-                    self._address(), why, kind)
+        self._refusals.log(self._what, self._address(), why, kind)
         self._fail_ready(Failure(PeerError(f"refused: {why}")))
         self._close()
+
+    @property
+    def _what(self) -> str:
+        return "peer link to" if self.dialer else "peer link from"
 
     def _shake_too_slow(self) -> None:
         self._shake_timer = None
@@ -443,17 +447,14 @@ class PeerProtocol(Int32StringReceiver):
         Fail every pending request and tell the node.
         """
         if self.peer is None and reason is not None and reason.check(SSLError):
-            log_refusal(self._refusals, "peer link " + ("to" if self.dialer else "from"),
-                        self._address(), tls_failure(reason), "tls")
+            self._refusals.log(self._what, self._address(), tls_failure(reason), "tls")
         elif not self._shake.done and self._shake.secrets and not self._closing:
             # the other end refused this node's proof (the acceptor says
             # why in its log), or a dialler left without proving anything
-            if self.dialer:
-                log_refusal(self._refusals, "peer link to", self._address(),
-                            "it closed the link: it does not accept this node's cluster secret")
-            else:
-                log_refusal(self._refusals, "peer link from", self._address(),
-                            "it closed the link before proving it knows the cluster secret")
+            why = ("it closed the link: it does not accept this node's cluster secret"
+                   if self.dialer
+                   else "it closed the link before proving it knows the cluster secret")
+            self._refusals.log(self._what, self._address(), why)
         self.connected = False
         self._out = []
         for call in (self._sweep, self._flush_call, self._shake_timer):
@@ -465,37 +466,6 @@ class PeerProtocol(Int32StringReceiver):
             _answer(answer, PeerDisconnected(f"link to {self.peer_id or self._address()} lost"))
         self._fail_ready(Failure(PeerDisconnected("link closed during the handshake")))
         self.node.link_lost(self)
-
-
-def log_refusal(logged: set[tuple[str, str]], what: str, address: str, why: str,
-                kind: str = "") -> None:
-    """
-    Log that C{what} (C{"peer link from"}, ...) C{address} was refused and
-    why: a warning the first time for that host and C{kind} of reason (by
-    default C{why}), at debug after.
-    """
-    host = address.rsplit(":", 1)[0]
-    seen = (host, kind or why)
-    if seen in logged:
-        log.debug("refused the {what} {address}: {why}", what=what, address=address, why=why)
-        return
-    if len(logged) > 10_000:
-        logged.clear()  # (bounded: a flood of hosts)
-    logged.add(seen)
-    log.warn("refused the {what} {address}: {why} (logged once for this host)", what=what,
-             address=address, why=why)
-
-
-def tls_failure(reason: Failure) -> str:
-    """
-    A failed TLS handshake, for a log line: what OpenSSL said.
-    """
-    detail = reason.value.args[0] if reason.value.args else ""
-    if isinstance(detail, list):
-        said = "; ".join(str(item[-1]) for item in detail if isinstance(item, tuple))
-    else:
-        said = str(detail)
-    return f"TLS handshake failed ({said or type(reason.value).__name__})"
 
 
 def _answer(answer: Answer, result: Any) -> None:
@@ -557,7 +527,8 @@ class PeerFactory(Factory):
     noisy = False
 
     def __init__(self, node: PeerHandler, clock: IReactorTime, rpc_timeout: float,
-                 max_frame: int, secrets: Sequence[bytes] = ()) -> None:
+                 max_frame: int, secrets: Sequence[bytes] = (),
+                 refusals: Optional[Refusals] = None) -> None:
         self.node = node
         self.clock = clock
         self.rpc_timeout = rpc_timeout
@@ -565,7 +536,7 @@ class PeerFactory(Factory):
         #: the cluster secrets new links accept, the one they prove with
         #: first (the node changes them when its secret file changes)
         self.secrets = list(secrets)
-        self._refusals: set[tuple[str, str]] = set()
+        self._refusals = refusals if refusals is not None else Refusals()
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
         """

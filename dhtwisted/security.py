@@ -67,7 +67,9 @@ class SecretFile:
 
         :raises ValueError: if it cannot be read or holds no usable secret.
         """
-        data = self._bytes()
+        return self._parse(self._bytes())
+
+    def _parse(self, data: bytes) -> list[bytes]:
         try:
             secrets = parse_secrets(data.decode("utf-8"))
         except UnicodeDecodeError:
@@ -75,16 +77,18 @@ class SecretFile:
         self._seen = data
         return secrets
 
-    def changed(self) -> bool:
+    def reload(self) -> Optional[list[bytes]]:
         """
-        Whether the file's content differs from what was last read (or it
-        cannot be read). It is read whole: a swap of two lines keeps its
-        size, and an edit may keep its time.
+        The file's secrets if its content changed since it was last read,
+        else C{None}. (It is read whole each time: a swap of two lines
+        keeps its size, and an edit may keep its time.)
+
+        :raises ValueError: if it cannot be read or holds no usable secret.
         """
-        try:
-            return self._bytes() != self._seen
-        except ValueError:
-            return True
+        data = self._bytes()
+        if data == self._seen:
+            return None
+        return self._parse(data)
 
 
 def check_password(given: bytes, expected: bytes) -> bool:

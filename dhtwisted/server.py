@@ -29,12 +29,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .commands import OK, PENDING, QUIT, Commands, ErrorReply, HelloReply, Lines, Reply, Status
-from .logs import OBSERVER
-from .peer import log_refusal, tls_failure
+from .logs import OBSERVER, Refusals
 from .quoting import QuotingError, quote_value, reply_shape, split_args
 from .security import FailureLimiter, check_password
 from .sending import write_now
-from .tls import TLS_FIRST_BYTE
+from .tls import TLS_FIRST_BYTE, tls_failure
 from .wire import MAGIC
 from .resp import (
     RespError,
@@ -221,8 +220,8 @@ class NodeProtocol(Protocol):
             self._peer.connectionLost(reason)
         elif self._mode is None and reason is not None and reason.check(SSLError):
             # a TLS client or peer whose certificate the handshake refused
-            log_refusal(self.factory.refusals, "TLS connection from",
-                        _peer_text(self.transport), tls_failure(reason), "tls")
+            self.factory.refusals.log("TLS connection from", _peer_text(self.transport),
+                                      tls_failure(reason), "tls")
         self._done = True
         self._lost = True
         self._replies.clear()
@@ -690,6 +689,7 @@ class NodeFactory(Factory):
     :param limiter: limits failed C{AUTH} attempts per client host.
     :param tls: the TLS options of connections that open with a TLS client
         hello; none: such bytes are taken as a text client's.
+    :param refusals: logs refused connections once per host and reason.
     """
 
     protocol = NodeProtocol  # type: ignore[assignment]
@@ -706,10 +706,11 @@ class NodeFactory(Factory):
         password: bytes = b"",
         limiter: Optional[FailureLimiter] = None,
         tls: Optional[Any] = None,
+        refusals: Optional[Refusals] = None,
     ) -> None:
         self.commands = commands
         self.tls = tls
-        self.refusals: set[tuple[str, str]] = set()  # (host, why) logged already
+        self.refusals = refusals if refusals is not None else Refusals()
         self._tls_factory = (TLSMemoryBIOFactory(tls, False, _InsideTLS(self), clock)
                              if tls is not None else None)
         self.password = password

@@ -22,10 +22,11 @@ from service_identity import CertificateError, VerificationError
 from service_identity.pyopenssl import verify_hostname
 from twisted.internet import ssl
 from twisted.internet.interfaces import ISSLTransport
+from twisted.python.failure import Failure
 
 from .certs import tls_name
 
-__all__ = ["TLSSettings"]
+__all__ = ["TLS_FIRST_BYTE", "TLSSettings", "tls_failure"]
 
 #: The first byte of a TLS connection (a handshake record).
 TLS_FIRST_BYTE = b"\x16"
@@ -40,10 +41,9 @@ class TLSSettings:
 
     def __init__(self, ca: str, cert: str, key: str) -> None:
         self.paths = (ca, cert, key)
+        ca_pem = _read(ca, "ca")
         try:
-            self.ca = ssl.Certificate.loadPEM(_read(ca, "ca"))
-        except ValueError:
-            raise
+            self.ca = ssl.Certificate.loadPEM(ca_pem)
         except Exception as e:
             raise ValueError(f"{ca} is not a PEM certificate: {e}") from None
         pem = _read(cert, "cert") + b"\n" + _read(key, "key")
@@ -90,6 +90,18 @@ class TLSSettings:
         except (VerificationError, CertificateError):
             return f"its certificate does not name node {node_id} ({tls_name(node_id)})"
         return None
+
+
+def tls_failure(reason: Failure) -> str:
+    """
+    A failed TLS handshake, for a log line: what OpenSSL said.
+    """
+    detail = reason.value.args[0] if reason.value.args else ""
+    if isinstance(detail, list):
+        said = "; ".join(str(item[-1]) for item in detail if isinstance(item, tuple))
+    else:
+        said = str(detail)
+    return f"TLS handshake failed ({said or type(reason.value).__name__})"
 
 
 def _read(path: str, what: str) -> bytes:

@@ -7,12 +7,11 @@ types. The only importer of the generated module.
 from __future__ import annotations
 
 import math
-import struct
 from typing import Optional
 
 from ._proto import dht_pb2
 from .config import parse_address, valid_node_id
-from .handshake import MAGIC, NONCE_SIZE, PREAMBLE_SIZE, PROTOCOL_VERSION
+from .handshake import MAGIC, NONCE_SIZE, PREAMBLE_SIZE, PROTOCOL_VERSION, preamble
 from .membership import ALIVE, DEAD, LEFT, SUSPECT, Member
 from .store import Record
 from .twopc import ABORTED, COMMITTED, PREPARED, UNKNOWN, Vote, Write
@@ -38,7 +37,7 @@ __all__ = [
 
 #: The preamble of a node without a cluster secret, with a zero nonce
 #: (see L{dhtwisted.handshake}): what tests send as a dialling peer.
-PREAMBLE = struct.pack(">4sHB16s", MAGIC, PROTOCOL_VERSION, 0, b"\0" * NONCE_SIZE)
+PREAMBLE = preamble(False, b"\0" * NONCE_SIZE)
 
 Envelope = dht_pb2.Envelope
 Frame = dht_pb2.Frame

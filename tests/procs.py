@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 BIN = os.path.dirname(sys.executable)
 _LISTENING = re.compile(r"dht node (\S+) listening on (\S+):(\d+)")
@@ -92,6 +92,18 @@ class NodeProcess:
         self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         return self.process.returncode
+
+
+def wait_until(ready: Callable[[], object], timeout: float = 20.0,
+               what: str = "the condition") -> None:
+    """
+    Poll C{ready} until it is true; fail after C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.1)
 
 
 def run_tool(name: str, args: list[str], stdin: bytes = b"", timeout: float = 30.0

@@ -29,29 +29,23 @@ def run(dialer: Handshake, acceptor: Handshake, after: bytes = b"hello") -> tupl
     follows its last handshake bytes. What each end got after its
     handshake.
     """
-    to_acceptor = dialer.start() + (after if not dialer.pending else b"")
-    sent_after = not dialer.pending
-    acceptor_sent_after = False
-    to_dialer = b""
-    got_by_dialer = got_by_acceptor = b""
-    while to_acceptor or to_dialer:
-        if to_acceptor:
-            out, rest = acceptor.feed(to_acceptor)
-            to_acceptor = b""
-            got_by_acceptor += rest
-            to_dialer += out
-            if acceptor.done and not acceptor_sent_after:
-                to_dialer += after
-                acceptor_sent_after = True
-        if to_dialer:
-            out, rest = dialer.feed(to_dialer)
-            to_dialer = b""
-            got_by_dialer += rest
-            to_acceptor += out
-            if dialer.done and not sent_after:
-                to_acceptor += after
-                sent_after = True
-    return got_by_dialer, got_by_acceptor
+    inbox = {acceptor: dialer.start(), dialer: b""}
+    got = {dialer: b"", acceptor: b""}
+    sent_after = {dialer: not dialer.pending, acceptor: False}
+    if sent_after[dialer]:
+        inbox[acceptor] += after  # (a dialler without a secret does not wait)
+    while inbox[acceptor] or inbox[dialer]:
+        for end, other in ((acceptor, dialer), (dialer, acceptor)):
+            if not inbox[end]:
+                continue
+            out, rest = end.feed(inbox[end])
+            inbox[end] = b""
+            got[end] += rest
+            inbox[other] += out
+            if end.done and not sent_after[end]:
+                inbox[other] += after
+                sent_after[end] = True
+    return got[dialer], got[acceptor]
 
 
 class OpeningTests(SynchronousTestCase):

@@ -6,17 +6,17 @@ screenshot in results/status-page.png.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import tempfile
-import time
 from html.parser import HTMLParser
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .procs import run_tool
-from .test_web import web_cluster
+from .procs import run_tool, wait_until
+from .test_web import fetch, web_cluster
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SCREENSHOT = os.path.join(ROOT, "results", "status-page.png")
@@ -127,7 +127,8 @@ class StatusPageTests(SynchronousTestCase):
         # writes through node 0, then a heartbeat for the rate to show
         lines = "".join(f"set page{i} v\n" for i in range(300)).encode()
         run_tool("dht-client", ["127.0.0.1", str(self.base)], lines)
-        time.sleep(1.5)
+        wait_until(lambda: json.loads(fetch(self.url + "status.json")[1])["status"]
+                   ["members"][0]["rate"] > 0, what="node 0's rate shown")
 
         out = self.chromium("--dump-dom")
         self.assertEqual(out.returncode, 0, out.stderr.decode()[-2000:])

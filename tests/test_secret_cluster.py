@@ -23,7 +23,7 @@ from dhtwisted.node import DHTNode
 
 from .cluster import Cluster
 from .helpers import FakeClient
-from .procs import NodeProcess, free_block
+from .procs import NodeProcess, free_block, wait_until
 from .test_scripts import client, wait_members
 
 SECRET = "the cluster's secret, long enough"
@@ -211,7 +211,8 @@ class RotationTests(SynchronousTestCase):
             newcomer = self.node(4, base, self.secret_file("n4", OTHER), base)
             late = self.node(5, base, self.secret_file("n5", SECRET), base)
             wait_members("127.0.0.1", base + 4, 5)
-            time.sleep(2.0)
+            wait_until(lambda: "refused the peer link" in late.log() + nodes[0].log(),
+                       what="the node with the old secret refused")
         finally:
             stop.set()
             writer.join(30)

@@ -97,17 +97,22 @@ class SecretTests(SynchronousTestCase):
                                f"cluster_secret_file = {self.write(SECRET)}\n")
         self.assertIn("not both", str(caught.exception))
 
-    def test_changed(self) -> None:
+    def test_reload(self) -> None:
+        """
+        The secrets again when the content changed (even to the same size),
+        else nothing; an error once the file is gone.
+        """
         path = self.write(SECRET + "\n")
         secrets = SecretFile(path)
-        self.assertTrue(secrets.changed())
-        secrets.read()
-        self.assertFalse(secrets.changed())
+        self.assertEqual(secrets.reload(), [SECRET.encode()])
+        self.assertIsNone(secrets.reload())
         self.write("a new secret, long enough\n" + SECRET + "\n")
-        self.assertTrue(secrets.changed())
-        self.assertEqual(secrets.read()[0], b"a new secret, long enough")
+        self.assertEqual(secrets.reload()[0], b"a new secret, long enough")
+        self.write(SECRET + "\na new secret, long enough\n")  # swapped: same size
+        self.assertEqual(secrets.reload()[0], SECRET.encode())
         os.remove(path)
-        self.assertTrue(secrets.changed())
+        with self.assertRaises(ValueError):
+            secrets.reload()
 
     def test_parse(self) -> None:
         self.assertEqual(parse_secrets(f"  {SECRET}  \r\n"), [SECRET.encode()])

@@ -20,7 +20,7 @@ from dhtwisted.certs import tls_name, write_set
 from dhtwisted.config import ConfigError, config_from_string
 from dhtwisted.tls import TLSSettings
 
-from .procs import NodeProcess, free_block, run_tool, start_nodes
+from .procs import NodeProcess, free_block, run_tool, start_nodes, wait_until
 
 
 class CertsTests(SynchronousTestCase):
@@ -201,7 +201,11 @@ class TLSClusterTests(SynchronousTestCase):
             outsider("t3", self.base + 4, f"[tls]\nca = {self.ca}\ncert = {cert}\nkey = {key}\n"),
             outsider("t5", self.base + 5, ""),
         ]
-        time.sleep(4)
+        # each refused, and said so, at least once
+        wait_until(lambda: all(text in nodes[0].log() + "".join(o.log() for o in outsiders)
+                               for text in ("does not name node t3", "speak TLS to each other",
+                                            "TLS handshake failed")),
+                   what="every outsider refused")
         doc = self.wait_alive(self.base, ["t0", "t1"])
         self.assertEqual(sorted(m["id"] for m in doc["members"]), ["t0", "t1"])
         log = nodes[0].log() + "".join(o.log() for o in outsiders)
@@ -234,9 +238,7 @@ class TLSClusterTests(SynchronousTestCase):
                                      f"ring_id = 2\n[cluster]\ngossip_interval = 0.5\n"
                                      f"seeds = 127.0.0.1:{self.base + 1}\n" + self.tls_ini("t2"))
         self.addCleanup(member.stop)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "does not name node t3" not in member.log():
-            time.sleep(0.2)
+        wait_until(lambda: "does not name node t3" in member.log(), what="t3 refused")
         self.assertIn("its certificate does not name node t3", member.log())
         doc = self.status(self.base)
         self.assertEqual([m["id"] for m in doc["members"]], ["t2"])
