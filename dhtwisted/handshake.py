@@ -35,7 +35,7 @@ __all__ = ["NONCE_SIZE", "PREAMBLE_SIZE", "Handshake", "HandshakeError", "MAGIC"
 #: What a peer link starts with (see L{dhtwisted.server.PEER_MAGIC}).
 MAGIC = b"\x00DHT"
 #: The peer protocol's version: nodes of another version refuse the link.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 NONCE_SIZE = 16
 _HEAD = struct.Struct(">4sHB16s")
 #: Bytes of a preamble.

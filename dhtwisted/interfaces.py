@@ -22,19 +22,21 @@ class IReplica(Interface):
     """
 
     def prepare(txid: str, writes: list, participants: list,  # type: ignore[misc]
-                priority: bytes, answer: object) -> None:
+                priority: bytes, answer: object, partial: bool) -> None:
         """
         Lock and stage C{writes} (C{(key, value or None)} pairs) for
         transaction C{txid}; answer a L{dhtwisted.twopc.Vote}. An older
         C{priority} may wait for a lock held by a younger transaction.
+        With C{partial}, writes whose keys are locked are left out and
+        named in the vote (see L{dhtwisted.twopc.Participant.prepare}).
         """
 
     def commit(txid: str, version: bytes, writes: object,  # type: ignore[misc]
-               answer: object) -> None:
+               answer: object, skip: object) -> None:
         """
         Apply the writes staged for C{txid} (or C{writes}, when not
-        C{None}) at C{version} and release their locks; answer whether it is
-        now committed there.
+        C{None}) at C{version}, but those of the keys in C{skip}, and
+        release their locks; answer whether it is now committed there.
         """
 
     def abort(txid: str, answer: object) -> None:  # type: ignore[misc]

@@ -66,6 +66,7 @@ from .twopc import (
     PENDING,
     Coordinator,
     LocalReplica,
+    Outcome,
     Participant,
     TransactionFailed,
     Vote,
@@ -538,7 +539,7 @@ class DHTNode(MultiService):
             waiting: Deferred[Vote] = Deferred()
             vote = self.participant.prepare(
                 p.txid, writes_from_pb(p.writes), list(p.participants), self._prepare_deadline(),
-                p.coordinator, p.priority, waiting.callback,
+                p.coordinator, p.priority, waiting.callback, p.partial,
             )
             if vote is None:  # it waits for a lock: answer when it has one
                 return waiting.addCallback(lambda v: vote_to_pb(p.txid, v, reply.vote)
@@ -550,7 +551,7 @@ class DHTNode(MultiService):
                 reply.error.reason = "commit without a valid version"
                 return reply
             writes = writes_from_pb(c.writes) if c.HasField("writes") else None
-            done = self.participant.commit(c.txid, c.version, writes)
+            done = self.participant.commit(c.txid, c.version, writes, tuple(c.skip))
             reply.txn_status.txid = c.txid
             reply.txn_status.state = TxnStatus.COMMITTED if done else TxnStatus.UNKNOWN
         elif kind == "abort":
@@ -559,12 +560,13 @@ class DHTNode(MultiService):
         elif kind == "txn_query":
             txid = request.txn_query.txid
             if txid.startswith(self.node_id + ":"):
-                state, version = self.coordinator.query(txid)
+                outcome = self.coordinator.query(txid)
             else:
-                state, version = self.participant.status(txid)
+                outcome = self.participant.status(txid)
             reply.txn_status.txid = txid
-            reply.txn_status.state = state_to_pb(state)
-            reply.txn_status.version = version
+            reply.txn_status.state = state_to_pb(outcome.state)
+            reply.txn_status.version = outcome.version
+            reply.txn_status.skip.extend(outcome.skip)
         elif kind == "push":
             stored = reply.push_ack.stored
             for r in request.push.records:
@@ -676,17 +678,14 @@ class DHTNode(MultiService):
         try:
             others = sorted({coordinator, *participants} - {self.node_id})
             asks = [self._ask(node, txid) for node in others]
-            if coordinator == self.node_id:
-                state, version = self.coordinator.query(txid)
-                answers = [(state, version)]
-            else:
-                answers = []
+            answers = [self.coordinator.query(txid)] if coordinator == self.node_id else []
             for ok, result in await DeferredList(asks, consumeErrors=True):
                 if ok:
                     answers.append(result)
-            committed = [version for state, version in answers if state == COMMITTED]
+            committed = [answer for answer in answers if answer.state == COMMITTED]
             if committed:
-                self.participant.commit(txid, committed[0])
+                # (with the keys its commit left out: they were not decided)
+                self.participant.commit(txid, committed[0].version, skip=committed[0].skip)
                 outcome = "commit"
             else:
                 self.participant.abort(txid)
@@ -697,13 +696,13 @@ class DHTNode(MultiService):
         finally:
             self._resolving.discard(txid)
 
-    def _ask(self, node_id: str, txid: str) -> Deferred[tuple[str, bytes]]:
+    def _ask(self, node_id: str, txid: str) -> Deferred[Outcome]:
         env = Envelope()
         env.txn_query.txid = txid
 
-        def status(reply: Envelope) -> tuple[str, bytes]:
+        def status(reply: Envelope) -> Outcome:
             s = reply.txn_status
-            return (state_from_pb(s.state), s.version)
+            return Outcome(state_from_pb(s.state), s.version, tuple(s.skip))
 
         return (
             self._link(node_id)

@@ -5,7 +5,7 @@ A peer as a replica: the L{IReplica} calls as peer requests.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -60,7 +60,7 @@ class RemoteReplica:
         self._dial().addCallbacks(lambda ready: ready.request(envelope, got), failed)
 
     def prepare(self, txid: str, writes: list[Write], participants: list[str],
-                priority: bytes, answer: Answer) -> None:
+                priority: bytes, answer: Answer, partial: bool = False) -> None:
         """
         See L{IReplica.prepare}.
         """
@@ -70,11 +70,12 @@ class RemoteReplica:
         prepare.coordinator = self._node_id
         prepare.priority = priority
         prepare.participants.extend(participants)
+        prepare.partial = partial
         writes_to_pb(writes, prepare.writes)
         self._send(env, "vote", _vote, answer)
 
     def commit(self, txid: str, version: bytes, writes: Optional[list[Write]],
-               answer: Answer) -> None:
+               answer: Answer, skip: Sequence[bytes] = ()) -> None:
         """
         See L{IReplica.commit}.
         """
@@ -83,6 +84,8 @@ class RemoteReplica:
         env.commit.version = version
         if writes is not None:
             writes_to_pb(writes, env.commit.writes)
+        if skip:
+            env.commit.skip.extend(skip)
         self._send(env, "txn_status", _committed, answer)
 
     def abort(self, txid: str, answer: Answer) -> None:

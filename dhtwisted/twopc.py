@@ -32,6 +32,7 @@ __all__ = [
     "PENDING",
     "Coordinator",
     "LocalReplica",
+    "Outcome",
     "Participant",
     "TransactionFailed",
     "Vote",
@@ -66,6 +67,9 @@ class Vote(NamedTuple):
     :ivar conflict: the no is a lock conflict (worth retrying).
     :ivar max_version: the newest version it holds of the keys.
     :ivar existed: for each write, whether the key had a value.
+    :ivar skipped: the writes (indexes) it did not stage, their keys being
+        locked by other writes, when it was asked to stage what it could
+        (see L{Participant.prepare}).
     """
 
     yes: bool
@@ -73,6 +77,7 @@ class Vote(NamedTuple):
     conflict: bool = False
     max_version: bytes = NO_VERSION
     existed: tuple[bool, ...] = ()
+    skipped: tuple[int, ...] = ()
 
 
 PREPARED = "prepared"
@@ -81,17 +86,35 @@ ABORTED = "aborted"
 UNKNOWN = "unknown"
 
 
+class Outcome(NamedTuple):
+    """
+    What a node knows of a transaction.
+
+    :ivar state: L{PREPARED}, L{COMMITTED}, L{ABORTED} or L{UNKNOWN}.
+    :ivar version: the commit's version, if committed.
+    :ivar skip: the keys the commit left out (their writes were set
+        aside, to be tried again in another transaction).
+    """
+
+    state: str
+    version: bytes = NO_VERSION
+    skip: tuple[bytes, ...] = ()
+
+
 class _Prepared:
-    __slots__ = ("txid", "writes", "deadline", "coordinator", "participants", "priority")
+    __slots__ = ("txid", "writes", "deadline", "coordinator", "participants", "priority",
+                 "partial", "skipped")
 
     def __init__(self, txid: str, writes: list[Write], deadline: float, coordinator: str,
-                 participants: list[str], priority: bytes) -> None:
+                 participants: list[str], priority: bytes, partial: bool) -> None:
         self.txid = txid
         self.writes = writes
         self.deadline = deadline
         self.coordinator = coordinator
         self.participants = participants
         self.priority = priority
+        self.partial = partial
+        self.skipped: tuple[int, ...] = ()  # writes not staged: see Participant.prepare
 
 
 @dataclass
@@ -125,7 +148,8 @@ class Participant:
         self._locks: dict[bytes, str] = {}
         self._prepared: dict[str, _Prepared] = {}
         self._waiting: dict[str, _Waiter] = {}  # txid -> a prepare waiting for locks
-        self._decided: dict[str, tuple[str, bytes, float]] = {}  # txid -> (state, version, when)
+        # txid -> (state, version, when, keys the commit left out)
+        self._decided: dict[str, tuple[str, bytes, float, tuple[bytes, ...]]] = {}
 
     @property
     def store(self) -> Store:
@@ -205,7 +229,7 @@ class Participant:
     def prepare(
         self, txid: str, writes: list[Write], participants: list[str], deadline: float,
         coordinator: str = "", priority: bytes = b"",
-        answer: Optional[Callable[[Vote], None]] = None,
+        answer: Optional[Callable[[Vote], None]] = None, partial: bool = False,
     ) -> Optional[Vote]:
         """
         Lock and stage C{writes} for C{txid}, unless C{txid} was already
@@ -217,21 +241,58 @@ class Participant:
         L{give_up}); a younger one votes no at once. Waits only ever go from
         older to younger, so they cannot form a cycle.
 
+        With C{partial} (a transaction of several clients' commands), a
+        transaction older than some holder of its keys waits; else the
+        writes whose keys are free are locked and staged and the vote is
+        yes, naming the others in C{skipped}: the coordinator commits
+        without them (and the commands they belong to), and tries those
+        again. It votes no only if every key is locked.
+
         :return: the vote, or C{None} if it will come through C{answer}.
         """
         if txid in self._prepared:
-            return self._vote_yes([key for key, _ in self._prepared[txid].writes])
+            return self._vote_yes(self._prepared[txid])
         if txid in self._decided or txid in self._waiting:
             return Vote(False, "transaction already decided or waiting")
         request = _Prepared(txid, list(writes), deadline, coordinator, list(participants),
-                            priority)
+                            priority, partial)
         holder = self._holder(request)
         if holder is None:
             return self._lock(request)
-        if answer is not None and priority and holder.priority and priority < holder.priority:
+        if answer is not None and self._waits_for(request, holder):
             self._waiting[txid] = _Waiter(request, answer, self._now() + self._lock_wait)
             return None
-        return Vote(False, "conflict: key is locked by another write", conflict=True)
+        return self._die(request)
+
+    def _waits_for(self, request: _Prepared, holder: _Prepared) -> bool:
+        """
+        Whether C{request}, which conflicts with C{holder} (the first
+        holder of its keys), is to wait: it is older than a holder, the
+        first (or, if C{partial}, any).
+        """
+        priority = request.priority
+        if not priority:
+            return False
+        if holder.priority and priority < holder.priority:
+            return True
+        if not request.partial:
+            return False
+        get = self._locks.get
+        prepared = self._prepared
+        txid = request.txid
+        for key, _ in request.writes:
+            other = get(key, txid)
+            if other != txid and priority < prepared[other].priority:
+                return True
+        return False
+
+    def _die(self, request: _Prepared) -> Vote:
+        """
+        C{request} conflicts and does not wait: it votes no, or, if
+        C{partial}, stages what it can.
+        """
+        vote = self._lock_free(request) if request.partial else None
+        return vote or Vote(False, "conflict: key is locked by another write", conflict=True)
 
     def _holder(self, request: _Prepared) -> Optional[_Prepared]:
         locks = self._locks
@@ -246,10 +307,27 @@ class Participant:
         return None
 
     def _lock(self, request: _Prepared) -> Vote:
-        keys = [write[0] for write in request.writes]
-        self._locks.update(dict.fromkeys(keys, request.txid))
+        self._locks.update(dict.fromkeys([write[0] for write in request.writes], request.txid))
         self._prepared[request.txid] = request
-        return self._vote_yes(keys)
+        return self._vote_yes(request)
+
+    def _lock_free(self, request: _Prepared) -> Optional[Vote]:
+        """
+        Lock and stage those of C{request}'s writes whose keys are free
+        (see L{prepare}), if any are.
+        """
+        locks = self._locks
+        txid = request.txid
+        skipped = [index for index, write in enumerate(request.writes)
+                   if locks.get(write[0], txid) != txid]
+        if len(skipped) == len(request.writes):
+            return None
+        request.skipped = tuple(skipped)
+        aside = set(skipped)
+        locks.update(dict.fromkeys(
+            [write[0] for index, write in enumerate(request.writes) if index not in aside], txid))
+        self._prepared[txid] = request
+        return self._vote_yes(request)
 
     def expire_waiting(self, now: float) -> None:
         """
@@ -269,7 +347,8 @@ class Participant:
     def _wake(self) -> None:
         """
         Give freed locks to the waiting transactions, oldest first; those
-        now younger than a holder vote no.
+        that no longer wait (see L{_waits_for}) vote no, or stage what they
+        can.
         """
         answers = []
         for txid in sorted(self._waiting, key=lambda t: self._waiting[t].request.priority):
@@ -278,23 +357,24 @@ class Participant:
             if holder is None:
                 del self._waiting[txid]
                 answers.append((waiter.answer, self._lock(waiter.request)))
-            elif not waiter.request.priority < holder.priority:
+            elif not self._waits_for(waiter.request, holder):
                 del self._waiting[txid]
-                answers.append((waiter.answer, Vote(
-                    False, "conflict: key is locked by another write", conflict=True)))
+                answers.append((waiter.answer, self._die(waiter.request)))
         # answer after the state settled: an answer may call back in here
         for answer, vote in answers:
             answer(vote)
 
-    def _vote_yes(self, keys: list[bytes]) -> Vote:
-        newest, existed = self._store.survey(keys)
-        return Vote(True, max_version=newest, existed=existed)
+    def _vote_yes(self, request: _Prepared) -> Vote:
+        newest, existed = self._store.survey([write[0] for write in request.writes])
+        return Vote(True, max_version=newest, existed=existed, skipped=request.skipped)
 
-    def commit(self, txid: str, version: bytes, writes: Optional[list[Write]] = None) -> bool:
+    def commit(self, txid: str, version: bytes, writes: Optional[list[Write]] = None,
+               skip: Sequence[bytes] = ()) -> bool:
         """
-        Apply the writes of C{txid} at C{version} and release its locks.
-        C{writes}, when given, are applied even if C{txid} is not prepared
-        here (any more): the decision was commit.
+        Apply the writes of C{txid} at C{version}, but those of the keys in
+        C{skip}, and release its locks. C{writes}, when given, are applied
+        even if C{txid} is not prepared here (any more): the decision was
+        commit.
 
         :return: whether the transaction is now committed here.
         """
@@ -302,11 +382,18 @@ class Participant:
         if txn is not None:
             self._unlock(txn)
             writes = txn.writes
+            if txn.skipped or skip:
+                aside = set(skip)
+                aside.update([writes[index][0] for index in txn.skipped])
+                writes = [write for write in writes if write[0] not in aside]
         elif writes is None:
             return self._decided.get(txid, (UNKNOWN,))[0] == COMMITTED
+        elif skip:
+            aside = set(skip)
+            writes = [write for write in writes if write[0] not in aside]
         self._clock.observe(version)
         self._store.put_all(writes, version)
-        self._decided[txid] = (COMMITTED, version, self._now())
+        self._decided[txid] = (COMMITTED, version, self._now(), tuple(skip))
         return True
 
     def abort(self, txid: str) -> bool:
@@ -319,10 +406,10 @@ class Participant:
         if txn is None:
             self.give_up(txid)
             # remember it, so that a prepare arriving late is refused
-            self._decided.setdefault(txid, (ABORTED, NO_VERSION, self._now()))
+            self._decided.setdefault(txid, (ABORTED, NO_VERSION, self._now(), ()))
             return False
         self._unlock(txn)
-        self._decided[txid] = (ABORTED, NO_VERSION, self._now())
+        self._decided[txid] = (ABORTED, NO_VERSION, self._now(), ())
         return True
 
     def _unlock(self, txn: _Prepared) -> None:
@@ -334,14 +421,16 @@ class Participant:
         if self._waiting:
             self._wake()
 
-    def status(self, txid: str) -> tuple[str, bytes]:
+    def status(self, txid: str) -> Outcome:
         """
-        What this node knows of C{txid}: a state and, if committed, the version.
+        What this node knows of C{txid}.
         """
         if txid in self._prepared:
-            return (PREPARED, NO_VERSION)
-        state, version, _ = self._decided.get(txid, (UNKNOWN, NO_VERSION, 0.0))
-        return (state, version)
+            return Outcome(PREPARED)
+        decided = self._decided.get(txid)
+        if decided is None:
+            return Outcome(UNKNOWN)
+        return Outcome(decided[0], decided[1], decided[3])
 
     def prune(self, now: float) -> None:
         """
@@ -376,21 +465,21 @@ class LocalReplica:
         self._deadline = deadline
 
     def prepare(self, txid: str, writes: list[Write], participants: list[str],
-                priority: bytes, answer: Answer) -> None:
+                priority: bytes, answer: Answer, partial: bool = False) -> None:
         """
         See L{IReplica.prepare}.
         """
         vote = self._participant.prepare(txid, writes, participants, self._deadline(),
-                                         self._node_id, priority, answer)
+                                         self._node_id, priority, answer, partial)
         if vote is not None:
             answer(vote)
 
     def commit(self, txid: str, version: bytes, writes: Optional[list[Write]],
-               answer: Answer) -> None:
+               answer: Answer, skip: Sequence[bytes] = ()) -> None:
         """
         See L{IReplica.commit}.
         """
-        answer(self._participant.commit(txid, version, writes))
+        answer(self._participant.commit(txid, version, writes, skip))
 
     def abort(self, txid: str, answer: Answer) -> None:
         """
@@ -494,7 +583,8 @@ class Coordinator:
         self._ids = itertools.count(1)
         self._txid_prefix = f"{node_id}:{int(reactor.seconds() * 1000)}:"
         self._undecided: set[str] = set()
-        self._decisions: dict[str, tuple[Optional[bytes], float]] = {}
+        # txid -> (version, or None if aborted; when; keys the commit left out)
+        self._decisions: dict[str, tuple[Optional[bytes], float, tuple[bytes, ...]]] = {}
         self._redelivery: dict[tuple[str, str], Any] = {}  # (txid, node) -> delayed call
         self._inflight: dict[bytes, _Write] = {}  # key -> this node's write holding it
         # writes and reads waiting for such a key, in order
@@ -516,7 +606,7 @@ class Coordinator:
     def _new_txid(self) -> str:
         return self._txid_prefix + str(next(self._ids))
 
-    def query(self, txid: str) -> tuple[str, bytes]:
+    def query(self, txid: str) -> Outcome:
         """
         The outcome of C{txid}, for a participant that heard no decision.
         A transaction still collecting votes is decided abort now, so that
@@ -524,12 +614,12 @@ class Coordinator:
         """
         if txid in self._undecided:
             self._undecided.discard(txid)
-            self._decisions[txid] = (None, self._reactor.seconds())
+            self._decisions[txid] = (None, self._reactor.seconds(), ())
         decision = self._decisions.get(txid)
         if decision is None:
-            return (UNKNOWN, NO_VERSION)
+            return Outcome(UNKNOWN)
         version = decision[0]
-        return (ABORTED, NO_VERSION) if version is None else (COMMITTED, version)
+        return Outcome(ABORTED) if version is None else Outcome(COMMITTED, version, decision[2])
 
     def prune(self) -> None:
         """
@@ -629,8 +719,10 @@ class Coordinator:
         Apply each of the first of C{writes} as its own write, in order: a
         client's pipelined C{SET}s of one key each. They go to the replicas
         as one transaction (gathered, like L{write}s, with those of the same
-        turn); if that fails with nothing applied, each is tried alone, so
-        that one write's refusal or conflict does not fail the others.
+        turn). A write whose key a replica finds locked is left out of it
+        and tried again (see L{hold}); if the transaction fails with nothing
+        applied, each is tried alone, so that one write's refusal does not
+        fail the others.
 
         The run takes writes up to the first whose key a write of this
         node holds or waits for, or that an earlier write of the run writes,
@@ -700,11 +792,15 @@ class Coordinator:
         Gather the writes that start from now until L{release} (a client's
         pipelined commands, say) and those of other holds in the same turn
         of the reactor into one transaction: one prepare and one commit per
-        replica for all of them. Each write still answers on its own; a
-        gathered transaction that meets lock conflicts is tried again whole
-        (L{GROUP_RETRIES} times), then, as after any other failure, each
-        write is tried alone, so that one write's refusal or conflict does
-        not fail the others.
+        replica for all of them. Each write still answers on its own.
+
+        A write whose key a replica finds locked by another transaction is
+        left out: the transaction commits the other writes, and those left
+        out are tried again after a pause, gathered with the writes of
+        then. A transaction all of whose writes were left out is tried
+        again whole (L{GROUP_RETRIES} times). After any other failure
+        (nothing applied), each write is tried alone, so that one write's
+        refusal does not fail the others.
         """
         self._holding += 1
 
@@ -714,6 +810,13 @@ class Coordinator:
         the reactor: with those of the other clients read in the same turn.
         """
         self._holding -= 1
+        self.release_later()
+
+    def release_later(self) -> None:
+        """
+        Start the writes gathered, at the end of this turn of the reactor,
+        unless a hold is still on.
+        """
         if not self._holding and self._gathered and self._start_call is None:
             self._start_call = self._reactor.callLater(0, self._start_gathered)
 
@@ -822,7 +925,8 @@ class Coordinator:
             raise TransactionFailed("no live replica for the key")
         return plan
 
-    def _redeliver(self, txid: str, version: bytes, node: str, writes: list[Write]) -> None:
+    def _redeliver(self, txid: str, version: bytes, node: str, writes: list[Write],
+                   skip: tuple[bytes, ...]) -> None:
         def again() -> None:
             del self._redelivery[(txid, node)]
             if not self._is_member(node):
@@ -832,9 +936,9 @@ class Coordinator:
 
             def answered(confirmed: object) -> None:
                 if isinstance(confirmed, Exception) or not confirmed:
-                    self._redeliver(txid, version, node, writes)
+                    self._redeliver(txid, version, node, writes, skip)
 
-            self._replica(node).commit(txid, version, writes, answered)
+            self._replica(node).commit(txid, version, writes, answered, skip)
 
         self._redelivery[(txid, node)] = self._reactor.callLater(self._timeout, again)
 
@@ -961,6 +1065,10 @@ class _Write(_Operation):
 
     #: Its result tells which keys had a value before (from the votes).
     needs_existed = True
+    #: Its transaction may commit without some of its commands, those that
+    #: met a lock conflict at a replica (see L{Participant.prepare}): it
+    #: holds several clients' commands.
+    divisible = False
 
     def __init__(self, c: Coordinator, writes: list[Write], plan: dict[str, list[int]],
                  done: Answer) -> None:
@@ -978,6 +1086,8 @@ class _Write(_Operation):
         self.pending = 0
         self.unconfirmed: list[str] = []
         self.committed = False
+        self.skip: tuple[bytes, ...] = ()  # keys its commit left out
+        self.crowded = False  # every write met a conflict somewhere
 
     def finish(self, outcome: Any) -> None:
         self.c._finished(self)
@@ -1001,34 +1111,90 @@ class _Write(_Operation):
             return self.writes
         return [self.writes[i] for i in indexes]
 
+    def widen(self, aside: set[int]) -> set[int]:
+        """
+        C{aside} (indexes of writes) and the other writes of their commands:
+        a command is committed whole or not at all.
+        """
+        return set(range(len(self.writes)))
+
+    def set_aside(self, aside: set[int]) -> None:
+        """
+        Leave the commands of the writes at C{aside} out of this
+        transaction, which commits without them: they are tried again.
+        A plain write is one command (C{aside} is all of it).
+        """
+        self._conflicted(CROWDED.reason)
+
     def start(self) -> None:
         c = self.c
         self.txid = txid = c._new_txid()
         c._undecided.add(txid)
         self.votes = {}
+        self.skip = ()
+        self.crowded = False
         self.pending = len(self.plan)
         participants = sorted(self.plan)
+        divisible = self.divisible
         for node in participants:
             c._replica(node).prepare(txid, self.share(node), participants, self.priority,
-                                     partial(self._voted, node))
+                                     partial(self._voted, node), divisible)
 
     def _retry(self) -> None:
+        """
+        Try it again, as its own transaction.
+        """
+        if self._replan():
+            self.start()
+
+    def _replan(self) -> bool:
+        """
+        Find its replicas again, for a retry; or fail, if it may not be
+        tried again.
+        """
         refusal = self.c._refusal()
         if refusal is not None:
             # as a new write would be: the replicas in view now may be too
             # few (this node may be cut off, or have slept)
             self.finish(TransactionFailed(refusal))
-            return
+            return False
         try:
             self.plan = self.c._plan(self.writes)
         except TransactionFailed as e:
             self.finish(e)
-            return
-        self.start()
+            return False
+        return True
+
+    def _conflicted(self, reason: str) -> None:
+        """
+        A lock conflict stopped it: try again after a pause, while it may,
+        with the writes that start then (a group alone).
+        """
+        c = self.c
+        if self.retries_left > 0 and c._reactor.seconds() - self.started < c._retry_for:
+            self.retries_left -= 1
+            self.retried += 1
+            c.stats["retries"] += 1
+            pause = c._rng.uniform(0.001, min(0.005 * 2**self.retried, 0.1))
+            c._reactor.callLater(pause, self._retry if type(self) is _Group else self._again)
+        else:
+            self.finish(TransactionFailed(f"write aborted, nothing applied ({reason})"))
+
+    def _again(self) -> None:
+        """
+        Try it again after a conflict, gathered with the writes of this
+        turn: one more transaction rather than one per write left out.
+        """
+        if self._replan():
+            self.c._gather(self)
+            self.c.release_later()
 
     def _voted(self, node: str, vote: Any) -> None:
         if isinstance(vote, Exception):
             vote = Vote(False, f"replica {node} did not answer: {_describe(vote)}")
+        elif vote.skipped and (not self.divisible
+                               or max(vote.skipped) >= len(self.plan[node])):
+            vote = Vote(False, f"replica {node} left out writes it was not sent")
         self.votes[node] = vote
         self.pending -= 1
         if self.pending:
@@ -1038,20 +1204,39 @@ class _Write(_Operation):
         now = c._reactor.seconds()
         self.pending = len(self.plan)
         if txid in c._undecided and all(v.yes for v in self.votes.values()):
-            c._undecided.discard(txid)
-            newest = max(v.max_version for v in self.votes.values())
-            self.version = c._clock.next_after(newest)
-            self.committed = True
-            c._decisions[txid] = (self.version, now)
-            self.unconfirmed = []
-            for node in self.plan:
-                c._replica(node).commit(txid, self.version, None,
-                                        partial(self._committed, node))
-            return
+            aside = self._left_out() if self.divisible else None
+            if not aside or len(aside) < len(self.writes):
+                c._undecided.discard(txid)
+                newest = max(v.max_version for v in self.votes.values())
+                self.version = c._clock.next_after(newest)
+                self.committed = True
+                if aside:
+                    # before the commits: one answered at once may finish this
+                    self.skip = tuple([self.writes[i][0] for i in sorted(aside)])
+                    self.set_aside(aside)
+                c._decisions[txid] = (self.version, now, self.skip)
+                self.unconfirmed = []
+                for node in self.plan:
+                    c._replica(node).commit(txid, self.version, None,
+                                            partial(self._committed, node), self.skip)
+                return
+            self.crowded = True
         c._undecided.discard(txid)
-        c._decisions[txid] = (None, now)
+        c._decisions[txid] = (None, now, ())
         for node in self.plan:
             c._replica(node).abort(txid, partial(self._aborted, node))
+
+    def _left_out(self) -> set[int]:
+        """
+        The writes (indexes) some replica did not stage, with the other
+        writes of their commands.
+        """
+        aside: set[int] = set()
+        for node, vote in self.votes.items():
+            if vote.skipped:
+                indexes = self.plan[node]
+                aside.update([indexes[i] for i in vote.skipped])
+        return self.widen(aside) if aside else aside
 
     def _committed(self, node: str, confirmed: Any) -> None:
         c = self.c
@@ -1060,7 +1245,11 @@ class _Write(_Operation):
             log.warn("replica {peer} did not confirm commit {txid}: {why}",
                      peer=node, txid=self.txid, why=why)
             self.unconfirmed.append(node)
-            c._redeliver(self.txid, self.version, node, self.share(node))
+            writes = self.share(node)
+            if self.skip:
+                aside = set(self.skip)
+                writes = [write for write in writes if write[0] not in aside]
+            c._redeliver(self.txid, self.version, node, writes, self.skip)
         self.pending -= 1
         if self.pending:
             return
@@ -1092,23 +1281,23 @@ class _Write(_Operation):
         if self.pending:
             return
         c.stats["aborts"] += 1
-        noes = [vote for vote in self.votes.values() if not vote.yes]
+        noes = [CROWDED] if self.crowded else [
+            vote for vote in self.votes.values() if not vote.yes]
         if not noes:
             self.finish(TransactionFailed("write aborted, nothing applied (timed out)"))
-        elif (self.retries_left > 0 and all(vote.conflict for vote in noes)
-              and c._reactor.seconds() - self.started < c._retry_for):
-            self.retries_left -= 1
-            self.retried += 1
-            c.stats["retries"] += 1
-            pause = c._rng.uniform(0.001, min(0.005 * 2**self.retried, 0.1))
-            c._reactor.callLater(pause, self._retry)
+        elif all(vote.conflict for vote in noes):
+            self._conflicted(noes[0].reason)
         else:
             self.finish(TransactionFailed(f"write aborted, nothing applied ({noes[0].reason})"))
 
 
-#: How many times a gathered transaction that met lock conflicts is tried
-#: again whole before its writes are tried alone.
+#: How many times a gathered transaction all of whose writes met lock
+#: conflicts is tried again whole before its writes are tried alone.
 GROUP_RETRIES = 2
+
+#: The vote of a transaction whose every command met a lock conflict at
+#: some replica (each replica staged the others).
+CROWDED = Vote(False, "conflict: key is locked by another write", conflict=True)
 
 
 class _Group(_Write):
@@ -1117,11 +1306,15 @@ class _Group(_Write):
     their keys are distinct, as each holds its keys at this coordinator.
     """
 
+    divisible = True
+
     def __init__(self, c: Coordinator, members: list[_Write]) -> None:
         writes: list[Write] = []
         plan: dict[str, list[int]] = {}
+        offsets = []
         for member in members:
             offset = len(writes)
+            offsets.append(offset)
             writes.extend(member.writes)
             if len(member.writes) == 1:  # (most are: a SET each)
                 for node in member.plan:
@@ -1136,12 +1329,47 @@ class _Group(_Write):
                     [i + offset for i in indexes] if offset else indexes)
         super().__init__(c, writes, plan, lambda outcome: None)
         self.members = members
+        self.offsets = offsets  # where each member's writes start in writes
         self.needs_existed = any(member.needs_existed for member in members)
         self.priority = min(member.priority for member in members)
-        # lock conflicts try the whole group again, twice (at its oldest
-        # member's priority, so it soon waits rather than dies); then, or
-        # on any other failure, each write is tried alone: see finish
+        # a conflict on every write tries the whole group again, twice (at
+        # its oldest member's priority, so it soon waits rather than dies);
+        # then, or on any other failure, each write is tried alone: see finish
         self.retries_left = min(c._retries, GROUP_RETRIES)
+
+    def _each_member(self, aside: set[int]) -> list[tuple[_Write, int, set[int]]]:
+        """
+        The members with writes at C{aside}: each with its offset and those
+        writes' indexes in its own.
+        """
+        found = []
+        for member, offset in zip(self.members, self.offsets):
+            end = offset + len(member.writes)
+            mine = {index - offset for index in aside if offset <= index < end}
+            if mine:
+                found.append((member, offset, mine))
+        return found
+
+    def widen(self, aside: set[int]) -> set[int]:
+        wide: set[int] = set()
+        for member, offset, mine in self._each_member(aside):
+            wide.update([offset + index for index in member.widen(mine)])
+        return wide
+
+    def set_aside(self, aside: set[int]) -> None:
+        """
+        The members at C{aside} are tried again on their own; the group
+        finishes without those left out whole.
+        """
+        gone = set()
+        for member, _, mine in self._each_member(aside):
+            if len(mine) == len(member.writes):
+                gone.add(id(member))
+            member.set_aside(mine)
+        kept = [(member, offset) for member, offset in zip(self.members, self.offsets)
+                if id(member) not in gone]
+        self.members = [member for member, _ in kept]
+        self.offsets = [offset for _, offset in kept]
 
     def finish(self, outcome: Any) -> None:
         if isinstance(outcome, Exception) and not self.committed:
@@ -1155,12 +1383,9 @@ class _Group(_Write):
             self._log_failed(outcome)  # committed, not confirmed everywhere
         c._finishing += 1  # start the queued writes once, after all members
         try:
-            offset = 0
-            for member in self.members:
-                count = len(member.writes)
+            for member, offset in zip(self.members, self.offsets):
                 member.finish(outcome if isinstance(outcome, Exception)
-                              else outcome[offset : offset + count])
-                offset += count
+                              else outcome[offset : offset + len(member.writes)])
         finally:
             c._finishing -= 1
         if c._freed and not c._finishing:
@@ -1176,6 +1401,7 @@ class _Run(_Write):
     """
 
     needs_existed = False
+    divisible = True
 
     def __init__(self, c: Coordinator, writes: list[Write], plan: dict[str, list[int]],
                  done: Answer) -> None:
@@ -1183,36 +1409,60 @@ class _Run(_Write):
         # as a group: conflicts try the run again whole, then write by write
         self.retries_left = min(c._retries, GROUP_RETRIES)
         self.alone = False  # it ran as its own transaction (not in a _Group)
-        self.results: list[Any] = []
+        self.open = True  # the outcome of the run's own transaction is to come
+        # once writes are tried alone: their results, which, and how many to come
+        self.results: Optional[list[Any]] = None
+        self.aside: set[int] = set()
         self.left = 0
 
     def start(self) -> None:
         self.alone = True
         super().start()
 
+    def widen(self, aside: set[int]) -> set[int]:
+        return aside  # each write is a command
+
+    def set_aside(self, aside: set[int]) -> None:
+        if len(aside) == len(self.writes):
+            self.open = False  # (left out of a group whole)
+        self._each(sorted(aside), CROWDED.reason)
+
     def finish(self, outcome: Any) -> None:
-        if isinstance(outcome, Exception):
+        failed = isinstance(outcome, Exception)
+        if failed:
             if self.alone and not self.committed:
-                self._split()
+                # nothing applied: try each write alone
+                self.open = False
+                self._each(range(len(self.writes)), None)
                 return
             # committed, not confirmed everywhere: so is each write
             self._log_failed(outcome)
-            results = [outcome] * len(self.writes)
-        else:
-            results = [None] * len(self.writes)
         self.c._finished(self)
-        _Operation.finish(self, results)
+        self.open = False
+        if self.results is None:
+            _Operation.finish(self, [outcome if failed else None] * len(self.writes))
+            return
+        if failed:
+            for index in range(len(self.writes)):
+                if index not in self.aside:
+                    self.results[index] = outcome
+        if not self.left:
+            _Operation.finish(self, self.results)
 
-    def _split(self) -> None:
+    def _each(self, indexes: Sequence[int], conflict: Optional[str]) -> None:
         """
-        Nothing applied: try each write alone.
+        Try each write at C{indexes} alone: at once, or after a pause if a
+        C{conflict} left it out.
         """
         c = self.c
         inflight = c._inflight
-        self.results = [None] * len(self.writes)
-        self.left = len(self.writes)
+        if self.results is None:
+            self.results = [None] * len(self.writes)
+        self.aside.update(indexes)
+        self.left += len(indexes)
         members = []
-        for index, write in enumerate(self.writes):
+        for index in indexes:
+            write = self.writes[index]
             member = _Write(c, [write], {}, partial(self._member_done, index))
             member.priority = self.priority  # it keeps its age ...
             member.started = self.started  # ... and its time to retry_for
@@ -1220,12 +1470,15 @@ class _Run(_Write):
             inflight[write[0]] = member
             members.append(member)
         for member in members:
-            member._retry()
+            if conflict is None:
+                member._retry()
+            else:
+                member._conflicted(conflict)
 
     def _member_done(self, index: int, outcome: Any) -> None:
-        self.results[index] = outcome if isinstance(outcome, Exception) else None
+        self.results[index] = outcome if isinstance(outcome, Exception) else None  # type: ignore[index]
         self.left -= 1
-        if not self.left:
+        if not self.left and not self.open:
             _Operation.finish(self, self.results)
 
 

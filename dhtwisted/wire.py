@@ -124,13 +124,16 @@ def vote_to_pb(txid: str, vote: Vote, out: dht_pb2.Vote) -> None:
     out.conflict = vote.conflict
     out.max_version = vote.max_version
     out.existed.extend(vote.existed)
+    if vote.skipped:
+        out.skipped.extend(vote.skipped)
 
 
 def vote_from_pb(pb: dht_pb2.Vote) -> Vote:
     """
     A protobuf vote as a L{Vote}.
     """
-    return Vote(pb.yes, pb.reason, pb.conflict, pb.max_version, tuple(pb.existed))
+    return Vote(pb.yes, pb.reason, pb.conflict, pb.max_version, tuple(pb.existed),
+                tuple(pb.skipped))
 
 
 def writes_to_pb(writes: list[Write], out: dht_pb2.Writes) -> None:

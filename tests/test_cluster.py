@@ -299,10 +299,11 @@ class TransactionFaultTests(SynchronousTestCase):
         """
         return [n for n in self.cluster.nodes if n.node_id in self.replicas]
 
-    def crash_coordinator_at_commit(self, deliver_to: int) -> None:
+    def crash_coordinator_at_commit(self, deliver_to: int,
+                                    data: bytes = b"set contested after\n") -> None:
         """
         Make the coordinator crash once it decided commit, after sending the
-        commit to C{deliver_to} participants only; then write.
+        commit to C{deliver_to} participants only; then write (send C{data}).
         """
         coordinator = self.coordinator
         net = self.cluster.net
@@ -322,12 +323,12 @@ class TransactionFaultTests(SynchronousTestCase):
             def __getattr__(self, name: str) -> object:
                 return getattr(self.real, name)
 
-            def commit(this, txid, version, writes, answer):  # type: ignore[no-untyped-def]
+            def commit(this, txid, version, writes, answer, skip=()):  # type: ignore[no-untyped-def]
                 if coordinator.node_id in net.down:
                     return  # never sent: the coordinator is down
                 if len(delivered) < deliver_to:
                     delivered.append(this.node_id)
-                    this.real.commit(txid, version, writes, lambda result: None)
+                    this.real.commit(txid, version, writes, lambda result: None, skip)
                 if len(delivered) == deliver_to:
                     net.flush()
                     net.crash(coordinator.node_id)
@@ -335,7 +336,7 @@ class TransactionFaultTests(SynchronousTestCase):
 
         coordinator.coordinator._replica = CrashingReplica  # type: ignore[assignment]
         client = ClusterClient(self.cluster, coordinator)
-        client.protocol.dataReceived(b"set contested after\n")
+        client.protocol.dataReceived(data)
         self.cluster.run(1)
         self.assertEqual(client.take(), b"")  # the client never heard ok
 
@@ -373,6 +374,34 @@ class TransactionFaultTests(SynchronousTestCase):
         self.assertEqual([n.participant.locked_keys for n in self.participants()], [0, 0, 0])
         versions = {n.store.get(self.key).version for n in self.participants()}
         self.assertEqual(len(versions), 1)
+
+    def test_coordinator_dies_after_a_commit_that_left_a_write_out(self) -> None:
+        """
+        Two pipelined writes go as one transaction; one replica finds one
+        key locked by an older write and leaves it out, so the commit
+        leaves it out everywhere. The coordinator dies after sending the
+        commit to one participant: the others learn from it what was
+        committed and what was left out, and apply only the other write,
+        though they had staged both.
+        """
+        other = next(b"other%d" % i for i in range(10_000)
+                     if set(self.coordinator.replicas_for(b"other%d" % i)) == set(self.replicas))
+        blocker = self.participants()[0]
+        blocker.participant.prepare("older", [(self.key, b"x")], [blocker.node_id], 1e9, "z",
+                                    priority=b"\x00" * 12)
+        self.crash_coordinator_at_commit(
+            1, b"set %s after\nset %s after\n" % (other, self.key))
+        staged = [n.participant.locked_keys for n in self.participants()]
+        config = self.coordinator.config
+        self.cluster.run(config.txn_timeout - config.rpc_timeout + 1)
+        self.assertLess(self.cluster.clock.seconds() - self.crashed_at, config.fail_after)
+        # the participant that got the commit holds the older write's lock
+        # alone; the two others staged both writes
+        self.assertEqual(sorted(staged), [1, 2, 2])
+        self.assertEqual(sum(n.stats["resolved"] for n in self.participants()), 2)
+        self.assertEqual(set(self.cluster.holders(other).values()), {b"after"})
+        self.assertEqual(set(self.cluster.holders(self.key).values()), {b"before"})
+        self.assertEqual([n.participant.locked_keys for n in self.participants()], [1, 0, 0])
 
     def test_conflicting_writes_never_disagree(self) -> None:
         """

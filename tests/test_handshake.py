@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from dhtwisted.handshake import MAGIC, PREAMBLE_SIZE, Handshake, HandshakeError
+from dhtwisted.handshake import (
+    MAGIC,
+    PREAMBLE_SIZE,
+    PROTOCOL_VERSION,
+    Handshake,
+    HandshakeError,
+)
 
 OLD = b"old secret, sixteen bytes at least"
 NEW = b"new secret, sixteen bytes at least"
@@ -179,7 +185,9 @@ class RefusalTests(SynchronousTestCase):
         first[5] += 1
         with self.assertRaises(HandshakeError) as caught:
             acceptor.feed(bytes(first))
-        self.assertIn("peer protocol version 4", str(caught.exception))
+        self.assertEqual(str(caught.exception),
+                         f"it speaks peer protocol version {PROTOCOL_VERSION + 1}, "
+                         f"this node {PROTOCOL_VERSION}")
 
     def test_not_a_peer(self) -> None:
         acceptor = Handshake(False, [], os.urandom(16))

@@ -11,7 +11,8 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from dhtwisted.wire import writes_from_pb, writes_to_pb
+from dhtwisted.twopc import Vote
+from dhtwisted.wire import vote_from_pb, vote_to_pb, writes_from_pb, writes_to_pb
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -53,6 +54,20 @@ class GeneratedCodeTests(SynchronousTestCase):
         decoded = dht_pb2.Frame.FromString(frame.SerializeToString())
         self.assertEqual(decoded.envelopes[0].WhichOneof("body"), "prepare")
         self.assertEqual(writes_from_pb(decoded.envelopes[0].prepare.writes), writes)
+
+    def test_vote_round_trip(self) -> None:
+        """
+        A vote, with the writes it left out, survives encoding and decoding.
+        """
+        from dhtwisted._proto import dht_pb2
+
+        for vote in [Vote(True, max_version=b"v" * 12, existed=(True, False, True),
+                          skipped=(1,)),
+                     Vote(False, "conflict: key is locked by another write", conflict=True)]:
+            pb = dht_pb2.Vote()
+            vote_to_pb("a:1:2", vote, pb)
+            decoded = dht_pb2.Vote.FromString(pb.SerializeToString())
+            self.assertEqual((decoded.txid, vote_from_pb(decoded)), ("a:1:2", vote))
 
     def test_writes_that_do_not_pair_up(self) -> None:
         """

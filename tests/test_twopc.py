@@ -17,10 +17,10 @@ from zope.interface import implementer
 from dhtwisted.interfaces import IReplica
 from dhtwisted.store import Record, Store
 from dhtwisted.twopc import (
-    GROUP_RETRIES,
     PENDING,
     Coordinator,
     LocalReplica,
+    Outcome,
     Participant,
     TransactionFailed,
     Vote,
@@ -99,7 +99,7 @@ class ParticipantTests(SynchronousTestCase):
         self.assertFalse(self.participant.commit("never", self.version))
         self.assertEqual(self.store.get(b"a"), Record(self.version, b"1"))
         self.assertEqual(self.participant.locked_keys, 0)
-        self.assertEqual(self.participant.status("t1"), ("committed", self.version))
+        self.assertEqual(self.participant.status("t1"), Outcome("committed", self.version))
 
     def test_prepare_after_abort_refused(self) -> None:
         """
@@ -128,7 +128,7 @@ class ParticipantTests(SynchronousTestCase):
         self.participant.commit("young", self.version)
         self.assertEqual(len(votes), 1)
         self.assertTrue(votes[0].yes)
-        self.assertEqual(self.participant.status("old"), ("prepared", b""))
+        self.assertEqual(self.participant.status("old"), Outcome("prepared"))
 
     def test_lock_wait_expires(self) -> None:
         """
@@ -169,6 +169,86 @@ class ParticipantTests(SynchronousTestCase):
         self.assertEqual(vote.max_version, self.version)
         self.assertEqual(vote.existed, (True, False))
 
+    def test_partial_stages_the_free_writes(self) -> None:
+        """
+        A partial prepare whose keys are partly locked by an older write
+        locks and stages the others and votes yes, naming the writes it
+        left out; its commit applies only what is staged and not in skip,
+        and says so to whoever asks.
+        """
+        self.participant.prepare("old", [(b"b", b"x")], ["n"], 2000, "m", b"\x01")
+        vote = self.participant.prepare("t1", [(b"a", b"1"), (b"b", b"1"), (b"c", b"1")],
+                                        ["n"], 2000, "m", b"\x05", partial=True)
+        self.assertEqual((vote.yes, vote.skipped), (True, (1,)))
+        self.assertEqual(self.participant.locked_keys, 3)  # a and c, and b by "old"
+        self.assertTrue(self.participant.commit("t1", self.version, skip=[b"b", b"c"]))
+        self.assertEqual(self.store.get(b"a"), Record(self.version, b"1"))
+        self.assertIsNone(self.store.get(b"c").value)  # staged, but left out by the coordinator
+        self.assertIsNone(self.store.get(b"b").value)  # still "old"'s, not committed
+        self.assertEqual(self.participant.locked_keys, 1)
+        self.assertEqual(self.participant.status("t1"),
+                         Outcome("committed", self.version, (b"b", b"c")))
+        self.participant.commit("old", self.version)
+        self.assertEqual(self.store.get(b"b").value, b"x")
+
+    def test_partial_repeated_prepare(self) -> None:
+        """
+        A partial prepare repeated votes as the first did.
+        """
+        self.participant.prepare("old", [(b"b", b"x")], ["n"], 2000, "m", b"\x01")
+        first = self.participant.prepare("t1", [(b"a", b"1"), (b"b", b"1")], ["n"], 2000,
+                                         "m", b"\x05", partial=True)
+        again = self.participant.prepare("t1", [(b"a", b"1"), (b"b", b"1")], ["n"], 2000,
+                                         "m", b"\x05", partial=True)
+        self.assertEqual(first, again)
+        self.assertEqual(again.skipped, (1,))
+
+    def test_partial_older_waits(self) -> None:
+        """
+        Wait-die holds for a partial prepare: older than a holder of one of
+        its keys, it waits rather than leave the write out, and stages all
+        once the holder is done; younger than every holder, it leaves their
+        keys out; with every key held by older writes, it votes no.
+        """
+        votes: list = []
+        self.participant.prepare("oldest", [(b"a", b"x")], ["n"], 2000, "m", b"\x01")
+        self.participant.prepare("young", [(b"b", b"x")], ["n"], 2000, "m", b"\x09")
+        self.assertIsNone(self.participant.prepare(
+            "mid", [(b"b", b"1"), (b"c", b"1")], ["n"], 2000, "m", b"\x05", votes.append,
+            partial=True))
+        self.participant.commit("young", self.version)
+        self.assertEqual([(v.yes, v.skipped) for v in votes], [(True, ())])
+        self.participant.commit("mid", HybridClock(self.clock.seconds, 8).next_after(self.version))
+        self.assertEqual(self.store.get(b"b").value, b"1")
+        none = self.participant.prepare("late", [(b"a", b"2")], ["n"], 2000, "m", b"\x07",
+                                        votes.append, partial=True)
+        self.assertEqual((none.yes, none.conflict), (False, True))
+
+    def test_partial_waiter_stages_what_it_can(self) -> None:
+        """
+        A partial prepare that waited for a younger holder, woken while an
+        older write holds another of its keys (taken meanwhile), stages the
+        rest.
+        """
+        votes: list = []
+        self.participant.prepare("young", [(b"a", b"x")], ["n"], 2000, "m", b"\x09")
+        self.assertIsNone(self.participant.prepare(
+            "mid", [(b"a", b"1"), (b"b", b"1")], ["n"], 2000, "m", b"\x05", votes.append,
+            partial=True))
+        self.participant.prepare("old", [(b"b", b"x")], ["n"], 2000, "m", b"\x01")
+        self.participant.abort("young")
+        self.assertEqual([(v.yes, v.skipped) for v in votes], [(True, (1,))])
+
+    def test_commit_sent_again_leaves_skip_out(self) -> None:
+        """
+        A commit sent again with its writes to a participant that no longer
+        has the transaction prepared applies them but those in skip.
+        """
+        self.assertTrue(self.participant.commit("t1", self.version,
+                                                [(b"a", b"1"), (b"b", b"1")], [b"b"]))
+        self.assertEqual(self.store.get(b"a").value, b"1")
+        self.assertIsNone(self.store.get(b"b").value)
+
     def test_overdue(self) -> None:
         """
         Transactions undecided past their deadline are reported.
@@ -206,7 +286,7 @@ class ScriptedReplica:
             run()
 
     def prepare(self, txid: str, writes: list, participants: list, priority: bytes,
-                answer) -> None:  # type: ignore[no-untyped-def]
+                answer, partial: bool = False) -> None:  # type: ignore[no-untyped-def]
         """
         Vote, as scripted.
         """
@@ -214,15 +294,15 @@ class ScriptedReplica:
             self._call("prepare", txid, answer, lambda: answer(self.vote_no))
         else:
             self._call("prepare", txid, answer, lambda: self.local.prepare(
-                txid, writes, participants, priority, answer))
+                txid, writes, participants, priority, answer, partial))
 
     def commit(self, txid: str, version: bytes, writes: Optional[list],
-               answer) -> None:  # type: ignore[no-untyped-def]
+               answer, skip=()) -> None:  # type: ignore[no-untyped-def]
         """
         Commit, as scripted.
         """
         self._call("commit", txid, answer,
-                   lambda: self.local.commit(txid, version, writes, answer))
+                   lambda: self.local.commit(txid, version, writes, answer, skip))
 
     def abort(self, txid: str, answer) -> None:  # type: ignore[no-untyped-def]
         """
@@ -555,7 +635,7 @@ class AloneTests(SynchronousTestCase):
         self.assertEqual(self.events, [("a", "read", "")])  # not held: asked the usual way
         self.assertEqual(done, [])
         self.assertEqual(self.replica.participant.in_doubt, 0)
-        self.assertEqual(self.coordinator.query("a:1:1"), ("unknown", b""))
+        self.assertEqual(self.coordinator.query("a:1:1"), Outcome("unknown"))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_locked_key_takes_the_long_way(self) -> None:
@@ -719,11 +799,12 @@ class GroupTests(ThreeReplicasCase):
         self.assertEqual(self.values(b"old"), [b"2"] * 3)
         self.assertEqual(self.coordinator.stats["commits"], 2)
 
-    def test_conflict_retries_the_group_whole(self) -> None:
+    def test_conflict_sets_one_write_aside(self) -> None:
         """
-        A gathered transaction that met a lock conflict is tried again whole
-        once the lock is free: its writes still commit together, in one
-        transaction.
+        A gathered transaction one of whose writes meets a lock conflict at
+        a replica commits the others at once, without it, on every
+        replica; that write is tried again alone, and commits once the lock
+        is free.
         """
         participant = self.replicas["c"].participant
         participant.prepare("older", [(b"bad", b"x")], ["c"], 2000, "z", priority=b"\x00" * 12)
@@ -732,10 +813,108 @@ class GroupTests(ThreeReplicasCase):
         bad = deferred(self.coordinator.write, [(b"bad", b"1")])
         self.coordinator.release()
         self.clock.advance(0)
+        self.assertEqual(self.successResultOf(good), [False])
+        self.assertEqual(self.values(b"good"), [b"1"] * 3)
+        self.assertNoResult(bad)
+        self.assertEqual(self.values(b"bad"), [None] * 3)  # on no replica, nor staged
+        self.assertEqual([r.participant.locked_keys for r in self.replicas.values()],
+                         [0, 0, 1])  # only "older" holds a lock
         participant.abort("older")
         self.clock.advance(0.1)
-        self.assertEqual((self.successResultOf(good), self.successResultOf(bad)),
+        self.assertEqual(self.successResultOf(bad), [False])
+        self.assertEqual(self.values(b"bad"), [b"1"] * 3)
+        self.assertEqual(self.coordinator.stats,
+                         {"commits": 2, "aborts": 0, "retries": 1, "unconfirmed": 0})
+
+    def test_command_set_aside_whole(self) -> None:
+        """
+        A gathered command of several keys one of which meets a lock
+        conflict is left out whole: none of its keys is applied anywhere
+        until it commits, all together, on its own.
+        """
+        participant = self.replicas["b"].participant
+        participant.prepare("older", [(b"m2", b"x")], ["b"], 2000, "z", priority=b"\x00" * 12)
+        self.coordinator.hold()
+        mset = deferred(self.coordinator.write, [(b"m1", b"1"), (b"m2", b"1")])
+        other = deferred(self.coordinator.write, [(b"k", b"1")])
+        self.coordinator.release()
+        self.clock.advance(0)
+        self.assertEqual(self.successResultOf(other), [False])
+        self.assertNoResult(mset)
+        self.assertEqual(self.values(b"m1") + self.values(b"m2"), [None] * 6)
+        participant.abort("older")
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(mset), [False, False])
+        self.assertEqual(self.values(b"m1") + self.values(b"m2"), [b"1"] * 6)
+
+    def test_runs_in_a_group_set_aside_one_write(self) -> None:
+        """
+        Two clients' runs gathered into one transaction: a write of one run
+        that meets a conflict is left out and tried again; every other
+        write of both runs commits at once; the run answers when all of its
+        writes did, each with its own result.
+        """
+        participant = self.replicas["a"].participant
+        participant.prepare("older", [(b"r1b", b"x")], ["a"], 2000, "z", priority=b"\x00" * 12)
+        first: list = []
+        second: list = []
+        self.coordinator.hold()
+        self.coordinator.write_run([(b"r1a", b"1"), (b"r1b", b"1"), (b"r1c", b"1")],
+                                   first.append)
+        self.coordinator.write_run([(b"r2a", b"2"), (b"r2b", b"2")], second.append)
+        self.coordinator.release()
+        self.clock.advance(0)
+        self.assertEqual(second, [[None, None]])
+        self.assertEqual(first, [])
+        self.assertEqual([self.values(k) for k in (b"r1a", b"r1b", b"r1c")],
+                         [[b"1"] * 3, [None] * 3, [b"1"] * 3])
+        participant.abort("older")
+        self.clock.advance(0.1)
+        self.assertEqual(first, [[None, None, None]])
+        self.assertEqual(self.values(b"r1b"), [b"1"] * 3)
+
+    def test_vote_leaving_out_what_it_was_not_sent(self) -> None:
+        """
+        A vote that names writes a replica was not sent (a broken peer) is
+        taken as no: nothing is committed anywhere, and the writes fail.
+        """
+        self.replicas["b"].vote_no = Vote(True, skipped=(5,))
+        self.coordinator.hold()
+        writes = [deferred(self.coordinator.write, [(k, b"1")]) for k in (b"k1", b"k2")]
+        self.coordinator.release()
+        self.clock.advance(0)
+        for d in writes:
+            self.assertIn("left out writes it was not sent",
+                          self.failureResultOf(d, TransactionFailed).value.reason)
+        self.assertEqual(self.values(b"k1") + self.values(b"k2"), [None] * 6)
+        single = deferred(self.coordinator.write, [(b"k3", b"1")])
+        self.clock.advance(0)  # (a write alone may not leave anything out)
+        self.failureResultOf(single, TransactionFailed)
+        self.assertEqual(self.values(b"k3"), [None] * 3)
+
+    def test_conflict_on_every_write_retries_the_group_whole(self) -> None:
+        """
+        A gathered transaction whose every write meets a lock conflict at
+        some replica (each at another) commits nothing and is tried again
+        whole once the locks are free: its writes still commit together.
+        """
+        self.replicas["b"].participant.prepare("older1", [(b"k1", b"x")], ["b"], 2000, "z",
+                                                priority=b"\x00" * 12)
+        self.replicas["c"].participant.prepare("older2", [(b"k2", b"x")], ["c"], 2000, "z",
+                                                priority=b"\x00" * 12)
+        self.coordinator.hold()
+        first = deferred(self.coordinator.write, [(b"k1", b"1")])
+        second = deferred(self.coordinator.write, [(b"k2", b"2")])
+        self.coordinator.release()
+        self.clock.advance(0)
+        self.assertNoResult(first)
+        self.assertEqual(self.values(b"k1") + self.values(b"k2"), [None] * 6)
+        self.replicas["b"].participant.abort("older1")
+        self.replicas["c"].participant.abort("older2")
+        self.clock.advance(0.1)
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)),
                          ([False], [False]))
+        self.assertEqual(self.values(b"k1") + self.values(b"k2"), [b"1"] * 3 + [b"2"] * 3)
         self.assertEqual(self.coordinator.stats,
                          {"commits": 1, "aborts": 1, "retries": 1, "unconfirmed": 0})
 
@@ -764,11 +943,11 @@ class GroupTests(ThreeReplicasCase):
         self.successResultOf(second)
         self.assertEqual(self.values(b"k1"), [b"2"] * 3)
 
-    def test_refused_write_fails_alone(self) -> None:
+    def test_blocked_write_fails_alone(self) -> None:
         """
-        When the gathered transaction aborts (one key is locked by an older
-        write elsewhere), it is tried again whole GROUP_RETRIES times; then
-        each write is tried alone: the others commit.
+        A gathered write whose key stays locked by an older write elsewhere
+        is tried again alone until it gives up and fails; the other commits
+        at once; nothing of the blocked one is applied.
         """
         self.replicas["c"].participant.prepare("older", [(b"bad", b"x")], ["c"], 2000,
                                                "z", priority=b"\x00" * 12)
@@ -777,11 +956,8 @@ class GroupTests(ThreeReplicasCase):
         bad = deferred(self.coordinator.write, [(b"bad", b"1")])
         self.coordinator.release()
         self.clock.advance(0)
-        self.assertNoResult(good)
-        for _ in range(GROUP_RETRIES):
-            self.clock.advance(0.02)  # the longest pause before the first two retries
         self.assertEqual(self.successResultOf(good), [False])
-        self.assertNoResult(bad)  # waits for the older write's lock, then gives up
+        self.assertNoResult(bad)  # tried again after a pause
         for _ in range(30):
             self.clock.advance(0.1)
         self.failureResultOf(bad, TransactionFailed)
@@ -835,19 +1011,19 @@ class RunTests(ThreeReplicasCase):
         self.clock.advance(RPC_TIMEOUT * 2)
         self.failureResultOf(held, TransactionFailed)
 
-    def test_refused_write_fails_alone(self) -> None:
+    def test_blocked_write_fails_alone(self) -> None:
         """
-        When the run's transaction keeps meeting a lock held elsewhere, it
-        is tried again whole, then write by write: the others commit, the
-        blocked one fails; nothing of it is applied.
+        A write of a run whose key stays locked by an older write elsewhere
+        is left out of the run's transaction, which commits the others at
+        once; it is tried again alone until it gives up and fails; nothing
+        of it is applied.
         """
         self.replicas["c"].participant.prepare("older", [(b"bad", b"x")], ["c"], 2000,
                                                "z", priority=b"\x00" * 12)
         count, results = self.run_writes([(b"good", b"1"), (b"bad", b"1"), (b"fine", b"1")])
         self.assertEqual(count, 3)
-        for _ in range(GROUP_RETRIES):
-            self.clock.advance(0.1)  # the longest pause before a retry
-        self.assertEqual(results, [])  # the blocked write still waits
+        self.clock.advance(0)
+        self.assertEqual(results, [])  # the blocked write is tried again after a pause
         self.assertEqual(self.values(b"good"), [b"1"] * 3)
         self.assertEqual(self.values(b"fine"), [b"1"] * 3)
         for _ in range(30):
@@ -863,7 +1039,7 @@ class RunTests(ThreeReplicasCase):
         write: none is told it failed, none that all is well.
         """
         replica = self.replicas["c"]
-        replica.commit = lambda txid, version, writes, answer: answer(  # type: ignore
+        replica.commit = lambda txid, version, writes, answer, skip: answer(  # type: ignore
             ConnectionError("c lost"))
         count, results = self.run_writes([(b"a", b"1"), (b"b", b"2")])
         self.assertEqual(count, 2)
