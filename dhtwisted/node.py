@@ -150,7 +150,7 @@ class DHTNode(MultiService):
             rpc_timeout=config.rpc_timeout, rng=self.rng, is_member=self._is_member, keep=keep,
             local=self.participant, retries=RETRIES, retry_for=config.rpc_timeout,
             group_bytes=config.max_message // 2, alone=self.alone,
-            replicas_of=lambda keys: self.ring.preference_lists(keys, config.replicas),
+            replicas_of=lambda keys: self.ring.replica_sets(keys, config.replicas),
             refusal=lambda: self._write_state()[0],
         )
         self.commands = Commands(self, config.max_key, config.max_value,

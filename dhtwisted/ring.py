@@ -64,6 +64,7 @@ class Ring:
         self._owners: list[str] = [owners[t] for t in self._tokens]
         self.nodes: frozenset[str] = frozenset(self._owners)
         self._alone = list(self.nodes) if len(self.nodes) == 1 else None
+        self._everyone = sorted(self.nodes)  # the replicas of every key, with n >= len(nodes)
         # n -> for each start index into _tokens, the first n nodes from it
         self._walks: dict[int, list[Optional[list[str]]]] = {}
         self._lists: dict[tuple[str, ...], list[str]] = {}
@@ -113,6 +114,16 @@ class Ring:
             nodes = walks[start]
             found.append(walk_from(start, n) if nodes is None else nodes)
         return found
+
+    def replica_sets(self, keys: Sequence[bytes], n: int) -> list[list[str]]:
+        """
+        The nodes of each of C{keys}'s L{preference_list}, in no particular
+        order (what a write needs): with no more nodes than C{n}, every key's
+        are all the nodes, one list object, and no key is hashed.
+        """
+        if len(self._everyone) <= n:
+            return [self._everyone] * len(keys)
+        return self.preference_lists(keys, n)
 
     def _walks_of(self, n: int) -> list[Optional[list[str]]]:
         walks = self._walks.get(n)

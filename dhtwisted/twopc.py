@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Container, NamedTuple, Optional, Sequence
@@ -102,13 +103,14 @@ class Outcome(NamedTuple):
 
 
 class _Prepared:
-    __slots__ = ("txid", "writes", "deadline", "coordinator", "participants", "priority",
-                 "partial", "skipped")
+    __slots__ = ("txid", "writes", "keys", "deadline", "coordinator", "participants",
+                 "priority", "partial", "skipped")
 
     def __init__(self, txid: str, writes: list[Write], deadline: float, coordinator: str,
                  participants: list[str], priority: bytes, partial: bool) -> None:
         self.txid = txid
         self.writes = writes
+        self.keys = [write[0] for write in writes]
         self.deadline = deadline
         self.coordinator = coordinator
         self.participants = participants
@@ -280,7 +282,7 @@ class Participant:
         get = self._locks.get
         prepared = self._prepared
         txid = request.txid
-        for key, _ in request.writes:
+        for key in request.keys:
             other = get(key, txid)
             if other != txid and priority < prepared[other].priority:
                 return True
@@ -296,18 +298,18 @@ class Participant:
 
     def _holder(self, request: _Prepared) -> Optional[_Prepared]:
         locks = self._locks
-        if not locks or locks.keys().isdisjoint([write[0] for write in request.writes]):
+        if not locks or locks.keys().isdisjoint(request.keys):
             return None
         get = locks.get
         txid = request.txid
-        for key, _ in request.writes:
+        for key in request.keys:
             holder = get(key)
             if holder is not None and holder != txid:
                 return self._prepared[holder]
         return None
 
     def _lock(self, request: _Prepared) -> Vote:
-        self._locks.update(dict.fromkeys([write[0] for write in request.writes], request.txid))
+        self._locks.update(dict.fromkeys(request.keys, request.txid))
         self._prepared[request.txid] = request
         return self._vote_yes(request)
 
@@ -318,14 +320,14 @@ class Participant:
         """
         locks = self._locks
         txid = request.txid
-        skipped = [index for index, write in enumerate(request.writes)
-                   if locks.get(write[0], txid) != txid]
+        skipped = [index for index, key in enumerate(request.keys)
+                   if locks.get(key, txid) != txid]
         if len(skipped) == len(request.writes):
             return None
         request.skipped = tuple(skipped)
         aside = set(skipped)
         locks.update(dict.fromkeys(
-            [write[0] for index, write in enumerate(request.writes) if index not in aside], txid))
+            [key for index, key in enumerate(request.keys) if index not in aside], txid))
         self._prepared[txid] = request
         return self._vote_yes(request)
 
@@ -365,7 +367,7 @@ class Participant:
             answer(vote)
 
     def _vote_yes(self, request: _Prepared) -> Vote:
-        newest, existed = self._store.survey([write[0] for write in request.writes])
+        newest, existed = self._store.survey(request.keys)
         return Vote(True, max_version=newest, existed=existed, skipped=request.skipped)
 
     def commit(self, txid: str, version: bytes, writes: Optional[list[Write]] = None,
@@ -413,11 +415,13 @@ class Participant:
         return True
 
     def _unlock(self, txn: _Prepared) -> None:
-        locks = self._locks
-        txid = txn.txid
-        for key, _ in txn.writes:
-            if locks.get(key) == txid:
-                del locks[key]
+        keys = txn.keys
+        if txn.skipped:
+            aside = set(txn.skipped)
+            keys = [key for index, key in enumerate(keys) if index not in aside]
+        # it holds every key it did not skip (none is locked twice): let go
+        # of them at C speed (a key written twice is let go once)
+        deque(map(self._locks.pop, keys, itertools.repeat(None, len(keys))), 0)
         if self._waiting:
             self._wake()
 
@@ -539,8 +543,8 @@ class Coordinator:
     :param alone: whether this node is now the only replica of every key
         (a one-node cluster): then L{write_each} and L{read_here} need not
         look up each key's replicas.
-    :param replicas_of: C{replicas_for} of many keys in one call (faster,
-        if given).
+    :param replicas_of: the replicas of many keys in one call, each in any
+        order (faster, if given).
     :param refusal: why this node refuses writes now (see
         L{dhtwisted.node.DHTNode.write}), or C{None}: asked again before a
         write is tried again, with the replicas in view then.

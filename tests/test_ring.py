@@ -231,6 +231,19 @@ class PreferenceListTests(SynchronousTestCase):
         self.assertEqual(ring.preference_lists(keys, n),
                          [ring.preference_list(key, n) for key in keys])
 
+    @_FEW
+    @given(_NODES, st.integers(1, 4), st.lists(st.binary(max_size=16), max_size=20),
+           st.integers(1, 6))
+    def test_replica_sets(
+        self, ring_ids: dict[str, int], vnodes: int, keys: list[bytes], n: int
+    ) -> None:
+        """
+        replica_sets gives each key the nodes of its preference_list.
+        """
+        ring = make_ring(ring_ids, vnodes)
+        self.assertEqual([sorted(nodes) for nodes in ring.replica_sets(keys, n)],
+                         [sorted(ring.preference_list(key, n)) for key in keys])
+
     def test_preference_lists_empty_ring(self) -> None:
         """
         On an empty ring every key has no replica.

@@ -169,6 +169,18 @@ class ParticipantTests(SynchronousTestCase):
         self.assertEqual(vote.max_version, self.version)
         self.assertEqual(vote.existed, (True, False))
 
+    def test_key_written_twice(self) -> None:
+        """
+        A transaction that writes a key twice (as a broken peer may send)
+        locks it once and lets go of it once.
+        """
+        vote = self.participant.prepare("t1", [(b"a", b"1"), (b"a", b"2")], ["n"], 2000)
+        self.assertTrue(vote.yes)
+        self.assertEqual(self.participant.locked_keys, 1)
+        self.assertTrue(self.participant.commit("t1", self.version))
+        self.assertEqual(self.participant.locked_keys, 0)
+        self.assertTrue(self.participant.prepare("t2", [(b"a", b"3")], ["n"], 2000).yes)
+
     def test_partial_stages_the_free_writes(self) -> None:
         """
         A partial prepare whose keys are partly locked by an older write
