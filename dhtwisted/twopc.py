@@ -203,15 +203,19 @@ class Participant:
         :return: how many were committed.
         """
         locks = self._locks
-        put = self._store.put
-        next_version = self._clock.next
-        count = 0
-        for key, value in writes:
-            if key in locks or key in busy:
-                break
-            if put(key, next_version(), value) is None:
-                self._put_past(key, value)
-            count += 1
+        count = len(writes)
+        if locks or busy:
+            for index, (key, _) in enumerate(writes):
+                if key in locks or key in busy:
+                    count = index
+                    break
+            writes = writes[:count]
+        if count:
+            put = self._store.put
+            versions = self._clock.next_run(count)  # (one look at the time)
+            for index, (key, value) in enumerate(writes):
+                if put(key, versions[index], value) is None:
+                    self._put_past(key, value)
         return count
 
     @property

@@ -13,6 +13,7 @@ Pure: the clock reads time through the callable it is given.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from typing import Callable
@@ -72,6 +73,17 @@ class HybridClock:
         else:
             self._last += 1
         return _PACK.pack(self._last, self._tag)
+
+    def next_run(self, count: int) -> list[bytes]:
+        """
+        C{count} new versions, in order: as many calls of L{next}, with one
+        look at the time.
+        """
+        physical = self._physical()
+        first = physical if physical > self._last else self._last + 1
+        self._last = first + count - 1
+        stamps = range(first, first + count)
+        return list(map(_PACK.pack, stamps, itertools.repeat(self._tag, count)))
 
     def observe(self, version: bytes) -> None:
         """

@@ -96,6 +96,23 @@ class HybridClockTests(SynchronousTestCase):
             versions.append(clock.next())
         self.assertEqual(versions, sorted(set(versions)))
 
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.tuples(st.floats(0, 4e9), st.integers(1, 70_000)), min_size=1,
+                    max_size=10))
+    def test_next_run(self, runs: list[tuple[float, int]]) -> None:
+        """
+        next_run(count) hands out what as many calls of next would: each
+        version greater than all before, whatever the time does (a run
+        past the logical counter's end moves on to the next millisecond).
+        """
+        time = FakeTime(runs[0][0])
+        bulk, single = HybridClock(time, 7), HybridClock(time, 7)
+        for now, count in runs:
+            time.now = now
+            got = bulk.next_run(count)
+            self.assertEqual(got, [single.next() for _ in range(count)])
+            self.assertEqual(bulk.next(), single.next())
+
     def test_next_after(self) -> None:
         """
         L{HybridClock.next_after} is greater than the version it is given,
