@@ -20,6 +20,7 @@ import os
 import random
 import resource
 import sys
+from operator import itemgetter
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from twisted.application.service import MultiService
@@ -70,6 +71,7 @@ from .twopc import (
     Participant,
     TransactionFailed,
     Vote,
+    Write,
 )
 from .version import NO_VERSION, VERSION_SIZE, HybridClock, node_tag
 from .wire import (
@@ -86,6 +88,9 @@ from .wire import (
 )
 
 __all__ = ["DHTNode"]
+
+_KEY = itemgetter(0)
+_VALUE = itemgetter(1)
 
 log = Logger(observer=OBSERVER)
 
@@ -530,15 +535,16 @@ class DHTNode(MultiService):
                 record_to_pb(key, record, records.add())
         elif kind == "prepare":
             p = request.prepare
-            refusal = self._check_writes(p.writes)
+            # (writes that do not pair up raise ValueError: the link answers
+            # an error, see PeerProtocol._handle)
+            writes = writes_from_pb(p.writes)
+            refusal = self._check_writes(writes)
             if refusal:
                 vote_to_pb(p.txid, Vote(False, refusal), reply.vote)
                 return reply
-            # (writes that do not pair up raise ValueError: the link answers
-            # an error, see PeerProtocol._handle)
             waiting: Deferred[Vote] = Deferred()
             vote = self.participant.prepare(
-                p.txid, writes_from_pb(p.writes), list(p.participants), self._prepare_deadline(),
+                p.txid, writes, list(p.participants), self._prepare_deadline(),
                 p.coordinator, p.priority, waiting.callback, p.partial,
             )
             if vote is None:  # it waits for a lock: answer when it has one
@@ -585,14 +591,14 @@ class DHTNode(MultiService):
             reply.error.reason = f"unknown request {kind}"
         return reply
 
-    def _check_writes(self, writes: Any) -> str:
+    def _check_writes(self, writes: list[Write]) -> str:
         """
         Why this replica refuses C{writes} (keys or values over its limits),
         or C{""}.
         """
-        if max(map(len, writes.keys), default=0) > self.config.max_key:
+        if max(map(len, map(_KEY, writes)), default=0) > self.config.max_key:
             return f"replica {self.node_id}: key longer than its max_key"
-        if max(map(len, writes.values), default=0) > self.config.max_value:
+        if max(map(len, filter(None, map(_VALUE, writes))), default=0) > self.config.max_value:
             return f"replica {self.node_id}: value larger than its max_value"
         return ""
 

@@ -765,6 +765,11 @@ class Coordinator:
         # object per distinct list)
         groups: dict[int, tuple[list[str], list[int]]] = {}
         count = 0
+        if free and replicas and replicas[0] and replicas.count(replicas[0]) == len(replicas):
+            # every key on the same replicas (all of a small cluster's nodes)
+            count = len(keys)
+            groups[0] = (replicas[0], list(range(count)))
+            replicas = []
         for key, nodes in zip(keys, replicas):
             if not nodes:
                 break

@@ -154,7 +154,7 @@ def writes_from_pb(pb: dht_pb2.Writes) -> list[Write]:
 
     :raises ValueError: if keys and values do not pair up.
     """
-    keys = pb.keys
+    keys = list(pb.keys)
     values: list[Optional[bytes]] = list(pb.values)
     if len(values) != len(keys):
         raise ValueError(f"bad writes: {len(keys)} keys but {len(values)} values")
