@@ -353,8 +353,8 @@ class Participant:
     def _wake(self) -> None:
         """
         Give freed locks to the waiting transactions, oldest first; those
-        that no longer wait (see L{_waits_for}) vote no, or stage what they
-        can.
+        that no longer wait (see L{_waits_for}; a partial one waits for one
+        release only) vote no, or stage what they can.
         """
         answers = []
         for txid in sorted(self._waiting, key=lambda t: self._waiting[t].request.priority):
@@ -363,7 +363,9 @@ class Participant:
             if holder is None:
                 del self._waiting[txid]
                 answers.append((waiter.answer, self._lock(waiter.request)))
-            elif not self._waits_for(waiter.request, holder):
+            elif waiter.request.partial or not self._waits_for(waiter.request, holder):
+                # (a partial one waits once: while it waits, younger writes
+                # may lock its free keys)
                 del self._waiting[txid]
                 answers.append((waiter.answer, self._die(waiter.request)))
         # answer after the state settled: an answer may call back in here
@@ -793,6 +795,9 @@ class Coordinator:
                     plan[node] = list(indexes)
                 else:
                     share.extend(indexes)
+        if len(groups) > 1:
+            for share in plan.values():
+                share.sort()  # a share is in write order (see _Write.share)
         run = _Run(self, list(writes[:count]), plan, done)
         for key, _ in run.writes:
             inflight[key] = run
@@ -1101,6 +1106,7 @@ class _Write(_Operation):
         self.committed = False
         self.skip: tuple[bytes, ...] = ()  # keys its commit left out
         self.crowded = False  # every write met a conflict somewhere
+        self.alone = False  # its last try was its own transaction (not in a _Group's)
 
     def finish(self, outcome: Any) -> None:
         self.c._finished(self)
@@ -1119,6 +1125,10 @@ class _Write(_Operation):
                  why=str(why), node=self.c._node_id)
 
     def share(self, node: str) -> list[Write]:
+        """
+        C{node}'s writes: those at its indexes in C{plan}, which are in
+        write order (a vote's C{existed} and C{skipped} follow it).
+        """
         indexes = self.plan[node]
         if len(indexes) == len(self.writes):
             return self.writes
@@ -1141,6 +1151,7 @@ class _Write(_Operation):
 
     def start(self) -> None:
         c = self.c
+        self.alone = True
         self.txid = txid = c._new_txid()
         c._undecided.add(txid)
         self.votes = {}
@@ -1341,6 +1352,8 @@ class _Group(_Write):
                 plan.setdefault(node, []).extend(
                     [i + offset for i in indexes] if offset else indexes)
         super().__init__(c, writes, plan, lambda outcome: None)
+        for member in members:
+            member.alone = False  # (its outcome is the group's now)
         self.members = members
         self.offsets = offsets  # where each member's writes start in writes
         self.needs_existed = any(member.needs_existed for member in members)
@@ -1421,16 +1434,11 @@ class _Run(_Write):
         super().__init__(c, writes, plan, done)
         # as a group: conflicts try the run again whole, then write by write
         self.retries_left = min(c._retries, GROUP_RETRIES)
-        self.alone = False  # it ran as its own transaction (not in a _Group)
         self.open = True  # the outcome of the run's own transaction is to come
         # once writes are tried alone: their results, which, and how many to come
         self.results: Optional[list[Any]] = None
         self.aside: set[int] = set()
         self.left = 0
-
-    def start(self) -> None:
-        self.alone = True
-        super().start()
 
     def widen(self, aside: set[int]) -> set[int]:
         return aside  # each write is a command

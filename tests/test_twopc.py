@@ -1061,6 +1061,63 @@ class RunTests(ThreeReplicasCase):
         self.assertEqual(self.values(b"a")[:2], [b"1"] * 2)
         self.coordinator.stop()
 
+    def test_run_over_replica_sets_leaves_out_the_right_write(self) -> None:
+        """
+        A run whose keys have different replicas (more nodes than copies):
+        a replica that finds one key locked leaves out that write, and the
+        commit leaves out that one, everywhere; the others commit.
+        """
+        ac, bc = ["a", "c"], ["b", "c"]
+        where = {b"k0": ac, b"k1": bc, b"k2": ac}
+        coordinator = Coordinator(
+            "a", HybridClock(self.clock.seconds, node_tag("a")), self.clock, where.__getitem__,
+            self.replicas.__getitem__, rng=random.Random(0),
+            replicas_of=lambda keys: [where[key] for key in keys])
+        self.replicas["c"].participant.prepare("older", [(b"k1", b"x")], ["c"], 2000, "z",
+                                               priority=b"\x00" * 12)
+        got: list = []
+        count, _ = coordinator.write_run([(b"k0", b"1"), (b"k1", b"1"), (b"k2", b"1")],
+                                         got.append)
+        self.assertEqual(count, 3)
+        self.clock.advance(0)
+        self.assertEqual(got, [])  # k1 is tried again
+        self.assertEqual([self.values(k) for k in (b"k0", b"k1", b"k2")],
+                         [[b"1", None, b"1"], [None, None, None], [b"1", None, b"1"]])
+        self.replicas["c"].participant.abort("older")
+        self.clock.advance(0.1)
+        self.assertEqual(got, [[None, None, None]])
+        self.assertEqual(self.values(b"k1"), [None, b"1", b"1"])
+
+    def test_run_tried_again_in_a_group_is_not_split_after_commit(self) -> None:
+        """
+        Runs that met conflicts on every key and are tried again together,
+        as one gathered transaction, that commits unconfirmed: each write
+        says so, and none is run again.
+        """
+        class Middle(random.Random):
+            def uniform(self, a: float, b: float) -> float:
+                return (a + b) / 2  # (both runs try again at once)
+
+        self.coordinator._rng = Middle()
+        keys = [b"x1", b"y1", b"x2", b"y2"]
+        self.replicas["c"].participant.prepare("older", [(k, b"x") for k in keys], ["c"],
+                                               2000, "z", priority=b"\x00" * 12)
+        first = self.run_writes([(b"x1", b"1"), (b"y1", b"1")])[1]
+        second = self.run_writes([(b"x2", b"2"), (b"y2", b"2")])[1]
+        self.clock.advance(0)
+        self.replicas["c"].participant.abort("older")
+        self.replicas["b"].commit = lambda txid, version, writes, answer, skip: answer(  # type: ignore
+            ConnectionError("b lost"))
+        self.events.clear()
+        for _ in range(20):
+            self.clock.advance(0.001)
+        self.assertEqual([what for _, what, _ in self.events].count("prepare"), 3)  # one try
+        for results in (first, second):
+            [[one, two]] = results
+            self.assertIn("committed but not confirmed", one.reason)
+            self.assertIs(one, two)
+        self.coordinator.stop()
+
     def test_no_longer_than_a_group(self) -> None:
         """
         A run takes no more writes than a gathered transaction may hold
