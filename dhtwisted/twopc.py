@@ -387,17 +387,14 @@ class Participant:
         :return: whether the transaction is now committed here.
         """
         txn = self._prepared.pop(txid, None)
+        aside = set(skip)
         if txn is not None:
             self._unlock(txn)
             writes = txn.writes
-            if txn.skipped or skip:
-                aside = set(skip)
-                aside.update([writes[index][0] for index in txn.skipped])
-                writes = [write for write in writes if write[0] not in aside]
+            aside.update([writes[index][0] for index in txn.skipped])
         elif writes is None:
             return self._decided.get(txid, (UNKNOWN,))[0] == COMMITTED
-        elif skip:
-            aside = set(skip)
+        if aside:
             writes = [write for write in writes if write[0] not in aside]
         self._clock.observe(version)
         self._store.put_all(writes, version)
