@@ -768,20 +768,20 @@ class Coordinator:
             # every key on the same replicas (all of a small cluster's nodes)
             count = len(keys)
             groups[0] = (replicas[0], list(range(count)))
-            replicas = []
-        for key, nodes in zip(keys, replicas):
-            if not nodes:
-                break
-            if not free:
-                if key in inflight or key in queued_keys or key in taken:
+        else:
+            for key, nodes in zip(keys, replicas):
+                if not nodes:
                     break
-                taken.add(key)
-            group = groups.get(id(nodes))
-            if group is None:
-                groups[id(nodes)] = (nodes, [count])
-            else:
-                group[1].append(count)
-            count += 1
+                if not free:
+                    if key in inflight or key in queued_keys or key in taken:
+                        break
+                    taken.add(key)
+                group = groups.get(id(nodes))
+                if group is None:
+                    groups[id(nodes)] = (nodes, [count])
+                else:
+                    group[1].append(count)
+                count += 1
         if count < 2:
             return 0, None
         plan: dict[str, list[int]] = {}
@@ -1266,11 +1266,8 @@ class _Write(_Operation):
             log.warn("replica {peer} did not confirm commit {txid}: {why}",
                      peer=node, txid=self.txid, why=why)
             self.unconfirmed.append(node)
-            writes = self.share(node)
-            if self.skip:
-                aside = set(self.skip)
-                writes = [write for write in writes if write[0] not in aside]
-            c._redeliver(self.txid, self.version, node, writes, self.skip)
+            # (with the skip: the replica leaves those writes out itself)
+            c._redeliver(self.txid, self.version, node, self.share(node), self.skip)
         self.pending -= 1
         if self.pending:
             return
