@@ -538,6 +538,11 @@ class Coordinator:
     :param group_bytes: the most bytes of keys and values gathered into one
         transaction (see L{hold}) ...
     :param group_size: ... and the most writes.
+    :param max_active: the most transactions this coordinator runs at
+        once: writes that start while as many are in flight are gathered
+        (see L{hold}) and start together when one ends. Under load this
+        makes fewer, larger transactions (group commit); a lone write
+        still starts at once.
     :param is_member: whether a node is still a member, alive or not (a
         commit it did not confirm is sent again while it is).
     :param keep: seconds a decision is remembered for participants that ask.
@@ -568,7 +573,8 @@ class Coordinator:
         local: Optional[Participant] = None,
         retry_for: float = float("inf"),
         group_bytes: int = 1 << 20,
-        group_size: int = 64,
+        group_size: int = 256,
+        max_active: int = 3,
         alone: Callable[[], bool] = lambda: False,
         replicas_of: Optional[Callable[[Sequence[bytes]], list[list[str]]]] = None,
         refusal: Callable[[], Optional[str]] = lambda: None,
@@ -607,6 +613,8 @@ class Coordinator:
         self._start_call: Optional[IDelayedCall] = None
         self._group_bytes = group_bytes
         self._group_size = group_size
+        self._max_active = max_active
+        self._active = 0  # transactions started and not yet over
         self._alone = alone
         self.stats = {"commits": 0, "aborts": 0, "retries": 0, "unconfirmed": 0}
 
@@ -690,6 +698,8 @@ class Coordinator:
             inflight[key] = txn
         if self._holding:
             return self._gather(txn)
+        if self._active >= self._max_active:
+            return self._gather_later(txn)
         return txn.begin()
 
     def write_each(self, writes: Sequence[Write]) -> int:
@@ -800,6 +810,8 @@ class Coordinator:
             inflight[key] = run
         if self._holding:
             return count, self._gather(run)
+        if self._active >= self._max_active:
+            return count, self._gather_later(run)
         return count, run.begin()
 
     def hold(self) -> None:
@@ -830,10 +842,28 @@ class Coordinator:
     def release_later(self) -> None:
         """
         Start the writes gathered, at the end of this turn of the reactor,
-        unless a hold is still on.
+        unless a hold is still on, or C{max_active} transactions are in
+        flight (then when one ends).
         """
-        if not self._holding and self._gathered and self._start_call is None:
+        if (not self._holding and self._gathered and self._start_call is None
+                and self._active < self._max_active):
             self._start_call = self._reactor.callLater(0, self._start_gathered)
+
+    def _gather_later(self, txn: "_Write") -> Any:
+        """
+        Gather C{txn}, which came while C{max_active} transactions are in
+        flight: it starts with the others gathered when one ends.
+        """
+        result = self._gather(txn)
+        self.release_later()
+        return result
+
+    def _ended(self) -> None:
+        """
+        A transaction's two phases are over: start what gathered meanwhile.
+        """
+        self._active -= 1
+        self.release_later()
 
     def _gather(self, txn: "_Write") -> Any:
         txn.sync = False
@@ -900,14 +930,14 @@ class Coordinator:
             read.start()
         if not ready:
             return
-        if len(ready) == 1 and not self._holding:
+        if len(ready) == 1 and not self._holding and self._active < self._max_active:
             ready[0].begin()
             return
         # together, as the writes of one turn go: queued writes are many
         # when a busy node's writes often share keys
         for txn in ready:
             self._gather(txn)
-        if not self._holding:
+        if not self._holding and self._active < self._max_active:
             self._start_gathered()
 
     def _finished(self, txn: "_Write") -> None:
@@ -1148,6 +1178,7 @@ class _Write(_Operation):
 
     def start(self) -> None:
         c = self.c
+        c._active += 1  # until _committed or _aborted hears the last replica
         self.alone = True
         self.txid = txid = c._new_txid()
         c._undecided.add(txid)
@@ -1271,6 +1302,7 @@ class _Write(_Operation):
         self.pending -= 1
         if self.pending:
             return
+        c._ended()
         if self.unconfirmed:
             c.stats["unconfirmed"] += 1
             self.finish(TransactionFailed(
@@ -1298,6 +1330,7 @@ class _Write(_Operation):
         self.pending -= 1
         if self.pending:
             return
+        c._ended()
         c.stats["aborts"] += 1
         noes = [CROWDED] if self.crowded else [
             vote for vote in self.votes.values() if not vote.yes]

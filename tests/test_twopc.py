@@ -274,8 +274,8 @@ class ParticipantTests(SynchronousTestCase):
 class ScriptedReplica:
     """
     A replica that records the calls it gets and can be told to vote no,
-    fail, or never answer (then, as a peer link does, it answers a timeout
-    after the RPC timeout).
+    fail, answer after C{delay} seconds, or never answer (then, as a peer
+    link does, it answers a timeout after the RPC timeout).
     """
 
     def __init__(self, name: str, events: list, clock: Clock) -> None:
@@ -287,6 +287,7 @@ class ScriptedReplica:
         self.vote_no: Optional[Vote] = None
         self.broken = False
         self.hung = False
+        self.delay = 0.0
 
     def _call(self, what: str, txid: str, answer, run) -> None:  # type: ignore[no-untyped-def]
         self.events.append((self.name, what, txid.rsplit(":", 1)[-1]))
@@ -294,6 +295,8 @@ class ScriptedReplica:
             answer(ConnectionError(f"{self.name} is down"))
         elif self.hung:
             self.clock.callLater(RPC_TIMEOUT, answer, TimeoutError("timed out"))
+        elif self.delay:
+            self.clock.callLater(self.delay, run)
         else:
             run()
 
@@ -975,6 +978,77 @@ class GroupTests(ThreeReplicasCase):
         self.failureResultOf(bad, TransactionFailed)
         self.assertEqual(self.values(b"good"), [b"1"] * 3)
         self.assertEqual(self.values(b"bad"), [None] * 3)
+
+
+class ActiveLimitTests(ThreeReplicasCase):
+    """
+    With C{max_active} transactions in flight, writes that come meanwhile
+    wait and start together as one transaction when one ends.
+    """
+
+    options = {"max_active": 1, "group_size": 4}
+
+    def setUp(self) -> None:
+        super().setUp()
+        for replica in self.replicas.values():
+            replica.delay = 0.01  # each call is answered 10 ms later
+
+    def prepares(self) -> list:
+        """
+        The transaction (its number) of each prepare the replicas got.
+        """
+        return [txid for _, what, txid in self.events if what == "prepare"]
+
+    def test_writes_in_the_meantime_go_together(self) -> None:
+        """
+        A write while one transaction is in flight is not sent; when that
+        transaction ends, it and the other writes that came meanwhile go
+        out as one transaction, and each answers.
+        """
+        first = self.write([(b"k1", b"1")])
+        self.assertEqual(len(self.prepares()), 3)  # a lone write starts at once
+        later = [self.write([(b"k2", b"2")]), self.write([(b"k3", b"3"), (b"k4", None)])]
+        self.clock.advance(0)
+        self.assertEqual(len(self.prepares()), 3)
+        self.clock.advance(0.01)  # votes: commits go out
+        self.assertEqual(len(self.prepares()), 3)
+        self.clock.advance(0.01)  # commits confirmed: the first is over
+        self.assertEqual(self.successResultOf(first), [False])
+        self.clock.advance(0)
+        prepares = self.prepares()
+        self.assertEqual(len(prepares), 6)
+        self.assertEqual(len(set(prepares[3:])), 1)  # one transaction for both
+        self.assertNotEqual(prepares[3], prepares[0])
+        for d in later:
+            self.assertNoResult(d)
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        self.assertEqual([self.successResultOf(d) for d in later], [[False], [False, False]])
+        self.assertEqual(self.values(b"k3"), [b"3"] * 3)
+        self.assertEqual(self.values(b"k4"), [None] * 3)
+        self.assertEqual(self.coordinator.stats["commits"], 2)  # transactions
+
+    def test_a_full_group_starts_at_once(self) -> None:
+        """
+        Writes that wait for a transaction to end start at once, beyond
+        C{max_active}, when they fill a transaction (C{group_size} writes):
+        one never holds more.
+        """
+        first = self.write([(b"k0", b"0")])
+        later = [self.write([(b"k%d" % i, b"1")]) for i in range(1, 6)]
+        prepares = self.prepares()
+        self.assertEqual(len(prepares), 6)  # the first, and k1 .. k4 at once
+        self.assertEqual(len(set(prepares[3:])), 1)
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(first), [False])
+        self.assertEqual([self.successResultOf(d) for d in later[:4]], [[False]] * 4)
+        self.assertNoResult(later[4])
+        self.clock.advance(0)
+        self.assertEqual(len(self.prepares()), 9)  # then k5, once they ended
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(later[4]), [False])
 
 
 class RunTests(ThreeReplicasCase):
