@@ -3,7 +3,9 @@ C{dht-bench}: dhtwisted beside Redis, measured with redis-benchmark in one run.
 
 It starts what it measures itself (1-node and 3-node dhtwisted clusters on
 127.0.0.1, and a redis-server with persistence off, on free ports), runs the
-same workloads against each, stops everything it started by pid, and prints
+same workloads against each (every run of a workload measures the three in
+turn, so that the figures compared are taken close together), stops
+everything it started by pid, and prints
 one table: ops/s, p50 and p99 latency and the ratio to Redis for each row.
 Results also go to C{results/bench-<time>.json} and a PNG bar chart.
 """
@@ -26,7 +28,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 __all__ = ["main"]
 
@@ -201,19 +203,31 @@ def fill(ports: list[int], keys: int, size: int = 16, batch: int = 100) -> None:
 KEYSPACE = 100_000
 
 
+def shares(total: int, parts: int) -> list[int]:
+    """
+    C{total} split into C{parts} whole shares, as even as they go, the
+    larger first: 50 clients over 3 nodes are 17, 17 and 16.
+    """
+    base, extra = divmod(total, parts)
+    return [base + (index < extra) for index in range(parts)]
+
+
 def redis_benchmark(ports: list[int], test: str, requests: int, clients: int, pipeline: int,
                     size: int, keyspace: int = KEYSPACE) -> tuple[float, float, float]:
     """
-    Run redis-benchmark against every port at once (clients split between
-    them); return total ops/s, and the p50 and p99 latency in ms (the worst
-    of the ports).
+    Run redis-benchmark against every port at once, the clients and the
+    requests split between them (see L{shares}; with fewer clients than
+    ports, some ports get none); return total ops/s, and the p50 and p99
+    latency in ms (the worst of the ports).
     """
-    per = max(1, clients // len(ports))
     runs = []
-    for port in ports:
+    for port, count in zip(ports, shares(clients, len(ports))):
+        if not count:
+            continue
         runs.append(subprocess.Popen(
             ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test,
-             "-n", str(max(1, requests // len(ports))), "-c", str(per), "-P", str(pipeline),
+             "-n", str(max(1, requests * count // clients)), "-c", str(count),
+             "-P", str(pipeline),
              "-d", str(size), "-r", str(keyspace), "--csv", "-q"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL))
     ops, p50s, p99s = 0.0, [], []
@@ -262,47 +276,54 @@ class Bench:
         sys.stderr.write(f"\r[{self.done}/{self.total}] {what[:60]:<60}")
         sys.stderr.flush()
 
-    def measure(self, target: str, ports: list[int], workload: tuple) -> Row:
+    def measure(self, targets: list[tuple[str, list[int]]], workload: tuple) -> None:
+        """
+        A row per target for C{workload}: each run measures every target
+        once, in turn, so that a target's figure and Redis's are taken
+        close together (the machine's speed drifts over minutes).
+        """
         name, test, clients, pipeline, size = workload
-        results = []
-        for _ in range(self.runs):
-            self.progress(f"{target}: {name}")
-            try:
-                results.append(redis_benchmark(ports, test, self.requests * pipeline, clients,
-                                               pipeline, size))
-            except BenchError as e:
-                row = Row(name, target, 0.0, 0.0, 0.0, error=str(e))
-                self.rows.append(row)
-                return row
-        ops = [r[0] for r in results]
-        middle = sorted(results, key=lambda r: r[0])[len(results) // 2]
-        row = Row(name, target, statistics.median(ops), middle[1], middle[2], ops)
-        self.rows.append(row)
-        return row
+        self._rows(name, targets, lambda ports: redis_benchmark(
+            ports, test, self.requests * pipeline, clients, pipeline, size))
 
-    def mixed(self, target: str, ports: list[int]) -> Row:
+    def mixed(self, targets: list[tuple[str, list[int]]]) -> None:
         """
         90% GET, 10% SET: 45 GET clients and 5 SET clients at once.
         """
-        results = []
-        for _ in range(self.runs):
-            self.progress(f"{target}: mixed 90/10")
+        def both(ports: list[int]) -> tuple[float, float, float]:
             with ThreadPoolExecutor(2) as pool:
                 g = pool.submit(redis_benchmark, ports, "get", self.requests * 9 // 10, 45, 1, 16)
                 s = pool.submit(redis_benchmark, ports, "set", self.requests // 10, 5, 1, 16)
+                gr, sr = g.result(), s.result()
+            return gr[0] + sr[0], max(gr[1], sr[1]), max(gr[2], sr[2])
+
+        self._rows("mixed 90/10 GET/SET -c 50", targets, both)
+
+    def _rows(self, name: str, targets: list[tuple[str, list[int]]],
+              run: Callable[[list[int]], tuple[float, float, float]]) -> None:
+        """
+        C{self.runs} rounds of C{run} against each target in turn; a row
+        per target, the median of its runs (or the error that stopped it).
+        """
+        results: dict[str, list[tuple[float, float, float]]] = {t: [] for t, _ in targets}
+        errors: dict[str, str] = {}
+        for _ in range(self.runs):
+            for target, ports in targets:
+                self.progress(f"{target}: {name}")
+                if target in errors:
+                    continue
                 try:
-                    gr, sr = g.result(), s.result()
+                    results[target].append(run(ports))
                 except BenchError as e:
-                    row = Row("mixed 90/10 GET/SET -c 50", target, 0.0, 0.0, 0.0, error=str(e))
-                    self.rows.append(row)
-                    return row
-            results.append((gr[0] + sr[0], max(gr[1], sr[1]), max(gr[2], sr[2])))
-        ops = [r[0] for r in results]
-        middle = sorted(results, key=lambda r: r[0])[len(results) // 2]
-        row = Row("mixed 90/10 GET/SET -c 50", target, statistics.median(ops),
-                  middle[1], middle[2], ops)
-        self.rows.append(row)
-        return row
+                    errors[target] = str(e)
+        for target, _ in targets:
+            if target in errors:
+                self.rows.append(Row(name, target, 0.0, 0.0, 0.0, error=errors[target]))
+                continue
+            ops = [r[0] for r in results[target]]
+            middle = sorted(results[target], key=lambda r: r[0])[len(ops) // 2]
+            self.rows.append(Row(name, target, statistics.median(ops), middle[1], middle[2],
+                                 ops))
 
     def run(self) -> dict:
         procs = Processes()
@@ -313,29 +334,22 @@ class Bench:
         self.total += len(scaling) * self.runs
         memory: dict = {}
         try:
+            # all three at once, each idle while another is measured
             _, redis_port = start_redis(procs)
-            fill([redis_port], KEYSPACE)
-            for w in workloads:
-                self.measure("redis", [redis_port], w)
-            self.mixed("redis", [redis_port])
             one = start_cluster(procs, 1)
-            fill([one[0][1]], KEYSPACE)
-            for w in workloads:
-                self.measure("dht 1 node", [one[0][1]], w)
-            self.mixed("dht 1 node", [one[0][1]])
-            for proc, _ in one:
-                procs.stop(proc)
             three = start_cluster(procs, 3)
-            ports = [p for _, p in three]
-            fill(ports, KEYSPACE)
+            measured = [("redis", [redis_port]), ("dht 1 node", [one[0][1]]),
+                        ("dht 3 nodes", [p for _, p in three])]
+            for _, ports in measured:
+                fill(ports, KEYSPACE)
             for w in workloads:
-                self.measure("dht 3 nodes", ports, w)
-            self.mixed("dht 3 nodes", ports)
-            for proc, _ in three:
+                self.measure(measured, w)
+            self.mixed(measured)
+            for proc, _ in one + three:
                 procs.stop(proc)
             for n in scaling:
                 nodes = start_cluster(procs, n)
-                self.measure(f"dht {n} nodes (scaling)", [p for _, p in nodes],
+                self.measure([(f"dht {n} nodes (scaling)", [p for _, p in nodes])],
                              WORKLOADS[0])
                 for proc, _ in nodes:
                     procs.stop(proc)
