@@ -538,11 +538,15 @@ class Coordinator:
     :param group_bytes: the most bytes of keys and values gathered into one
         transaction (see L{hold}) ...
     :param group_size: ... and the most writes.
-    :param max_active: the most transactions this coordinator runs at
-        once: writes that start while as many are in flight are gathered
-        (see L{hold}) and start together when one ends. Under load this
-        makes fewer, larger transactions (group commit); a lone write
-        still starts at once.
+    :param max_active: the most transactions this coordinator starts
+        while as many are in flight: writes that come meanwhile are
+        gathered (see L{hold}) and start together when one ends, or after
+        C{max_wait} seconds (a replica that is slow to answer holds its
+        transactions in flight until it times out), or once they fill a
+        transaction. Under load this makes fewer, larger transactions
+        (group commit); a lone write still starts at once. (Retries of a
+        failed transaction's writes start at once.)
+    :param max_wait: see C{max_active}.
     :param is_member: whether a node is still a member, alive or not (a
         commit it did not confirm is sent again while it is).
     :param keep: seconds a decision is remembered for participants that ask.
@@ -575,6 +579,7 @@ class Coordinator:
         group_bytes: int = 1 << 20,
         group_size: int = 256,
         max_active: int = 3,
+        max_wait: float = 0.01,
         alone: Callable[[], bool] = lambda: False,
         replicas_of: Optional[Callable[[Sequence[bytes]], list[list[str]]]] = None,
         refusal: Callable[[], Optional[str]] = lambda: None,
@@ -611,9 +616,11 @@ class Coordinator:
         self._gathered_bytes = 0
         self._gathered_writes = 0
         self._start_call: Optional[IDelayedCall] = None
+        self._start_waits = False  # _start_call is max_wait's, not this turn's
         self._group_bytes = group_bytes
         self._group_size = group_size
         self._max_active = max_active
+        self._max_wait = max_wait
         self._active = 0  # transactions started and not yet over
         self._alone = alone
         self.stats = {"commits": 0, "aborts": 0, "retries": 0, "unconfirmed": 0}
@@ -842,12 +849,22 @@ class Coordinator:
     def release_later(self) -> None:
         """
         Start the writes gathered, at the end of this turn of the reactor,
-        unless a hold is still on, or C{max_active} transactions are in
-        flight (then when one ends).
+        unless a hold is still on; or, while C{max_active} transactions are
+        in flight, when one ends, or C{max_wait} from now.
         """
-        if (not self._holding and self._gathered and self._start_call is None
-                and self._active < self._max_active):
-            self._start_call = self._reactor.callLater(0, self._start_gathered)
+        if self._holding or not self._gathered:
+            return
+        call = self._start_call
+        if self._active < self._max_active:
+            if call is not None and self._start_waits:
+                call.cancel()  # (it waited for a transaction to end)
+                call = None
+            if call is None:
+                self._start_waits = False
+                self._start_call = self._reactor.callLater(0, self._start_gathered)
+        elif call is None:
+            self._start_waits = True
+            self._start_call = self._reactor.callLater(self._max_wait, self._start_gathered)
 
     def _gather_later(self, txn: "_Write") -> Any:
         """
@@ -860,7 +877,7 @@ class Coordinator:
 
     def _ended(self) -> None:
         """
-        A transaction's two phases are over: start what gathered meanwhile.
+        A transaction is no longer in flight: start what gathered meanwhile.
         """
         self._active -= 1
         self.release_later()
@@ -1133,6 +1150,7 @@ class _Write(_Operation):
         self.committed = False
         self.skip: tuple[bytes, ...] = ()  # keys its commit left out
         self.crowded = False  # every write met a conflict somewhere
+        self.active = False  # in flight: counted in the coordinator's _active
         self.alone = False  # its last try was its own transaction (not in a _Group's)
 
     def finish(self, outcome: Any) -> None:
@@ -1179,6 +1197,23 @@ class _Write(_Operation):
     def start(self) -> None:
         c = self.c
         c._active += 1  # until _committed or _aborted hears the last replica
+        self.active = True
+        try:
+            self._prepare()
+        except BaseException:
+            self._over()  # (no vote may ever come: the prepares were not all sent)
+            raise
+
+    def _over(self) -> None:
+        """
+        Its two phases are over (or cannot go on): it is no longer in flight.
+        """
+        if self.active:
+            self.active = False
+            self.c._ended()
+
+    def _prepare(self) -> None:
+        c = self.c
         self.alone = True
         self.txid = txid = c._new_txid()
         c._undecided.add(txid)
@@ -1302,7 +1337,7 @@ class _Write(_Operation):
         self.pending -= 1
         if self.pending:
             return
-        c._ended()
+        self._over()
         if self.unconfirmed:
             c.stats["unconfirmed"] += 1
             self.finish(TransactionFailed(
@@ -1330,7 +1365,7 @@ class _Write(_Operation):
         self.pending -= 1
         if self.pending:
             return
-        c._ended()
+        self._over()
         c.stats["aborts"] += 1
         noes = [CROWDED] if self.crowded else [
             vote for vote in self.votes.values() if not vote.yes]

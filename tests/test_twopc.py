@@ -983,10 +983,11 @@ class GroupTests(ThreeReplicasCase):
 class ActiveLimitTests(ThreeReplicasCase):
     """
     With C{max_active} transactions in flight, writes that come meanwhile
-    wait and start together as one transaction when one ends.
+    wait and start together as one transaction when one ends, or after
+    C{max_wait}.
     """
 
-    options = {"max_active": 1, "group_size": 4}
+    options = {"max_active": 1, "group_size": 4, "max_wait": 0.05}
 
     def setUp(self) -> None:
         super().setUp()
@@ -1028,6 +1029,27 @@ class ActiveLimitTests(ThreeReplicasCase):
         self.assertEqual(self.values(b"k4"), [None] * 3)
         self.assertEqual(self.coordinator.stats["commits"], 2)  # transactions
 
+    def test_a_run_waits_too(self) -> None:
+        """
+        A run of pipelined SETs that comes while a transaction is in flight
+        waits for it too, and then goes as one transaction.
+        """
+        first = self.write([(b"k0", b"0")])
+        results: list = []
+        count, outcome = self.coordinator.write_run([(b"k1", b"1"), (b"k2", b"2")],
+                                                    results.append)
+        self.assertEqual((count, outcome), (2, PENDING))
+        self.assertEqual(len(self.prepares()), 3)  # not sent yet
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(first), [False])
+        self.clock.advance(0)
+        self.assertEqual(len(self.prepares()), 6)
+        self.assertEqual(len(set(self.prepares()[3:])), 1)
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        self.assertEqual(results, [[None, None]])
+
     def test_a_full_group_starts_at_once(self) -> None:
         """
         Writes that wait for a transaction to end start at once, beyond
@@ -1049,6 +1071,46 @@ class ActiveLimitTests(ThreeReplicasCase):
         self.clock.advance(0.01)
         self.clock.advance(0.01)
         self.assertEqual(self.successResultOf(later[4]), [False])
+
+    def test_a_replica_slow_to_answer_holds_nothing_back(self) -> None:
+        """
+        A transaction a replica does not answer stays in flight until the
+        RPC timeout; writes that come meanwhile start after C{max_wait},
+        not after it.
+        """
+        self.replicas["c"].hung = True
+        first = self.write([(b"k1", b"1")])
+        second = self.write([(b"k2", b"2")])
+        self.clock.advance(0.04)
+        self.assertEqual(len(self.prepares()), 3)
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.prepares()), 6)
+        self.clock.advance(RPC_TIMEOUT)  # c never voted: both abort
+        self.replicas["c"].hung = False
+        self.clock.advance(RPC_TIMEOUT)  # (c's abort times out too)
+        for d in (first, second):
+            self.failureResultOf(d, TransactionFailed)
+        # neither is in flight any more: a write starts, and commits, at once
+        for replica in self.replicas.values():
+            replica.delay = 0.0
+        self.assertEqual(self.successResultOf(self.write([(b"k3", b"3")])), [False])
+
+    def test_a_prepare_that_raises_frees_its_place(self) -> None:
+        """
+        A write whose prepare could not be sent (the call raised) is no
+        longer in flight: the next write starts at once.
+        """
+        for replica in self.replicas.values():
+            replica.delay = 0.0
+        replica = self.replicas["b"]
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("cannot send")
+
+        replica.prepare = broken  # type: ignore[method-assign]
+        self.failureResultOf(self.write([(b"k1", b"1")]), RuntimeError)
+        del replica.prepare  # (the class's again)
+        self.assertEqual(self.successResultOf(self.write([(b"k2", b"2")])), [False])
 
 
 class RunTests(ThreeReplicasCase):
