@@ -703,11 +703,7 @@ class Coordinator:
             return PENDING
         for key, _ in items:
             inflight[key] = txn
-        if self._holding:
-            return self._gather(txn)
-        if self._active >= self._max_active:
-            return self._gather_later(txn)
-        return txn.begin()
+        return self._launch(txn)
 
     def write_each(self, writes: Sequence[Write]) -> int:
         """
@@ -815,11 +811,7 @@ class Coordinator:
         run = _Run(self, list(writes[:count]), plan, done)
         for key, _ in run.writes:
             inflight[key] = run
-        if self._holding:
-            return count, self._gather(run)
-        if self._active >= self._max_active:
-            return count, self._gather_later(run)
-        return count, run.begin()
+        return count, self._launch(run)
 
     def hold(self) -> None:
         """
@@ -866,14 +858,18 @@ class Coordinator:
             self._start_waits = True
             self._start_call = self._reactor.callLater(self._max_wait, self._start_gathered)
 
-    def _gather_later(self, txn: "_Write") -> Any:
+    def _launch(self, txn: "_Write") -> Any:
         """
-        Gather C{txn}, which came while C{max_active} transactions are in
-        flight: it starts with the others gathered when one ends.
+        Start C{txn} now; or gather it, during a hold, or while
+        C{max_active} transactions are in flight (see L{release_later}).
         """
-        result = self._gather(txn)
-        self.release_later()
-        return result
+        if self._holding:
+            return self._gather(txn)
+        if self._active >= self._max_active:
+            result = self._gather(txn)
+            self.release_later()
+            return result
+        return txn.begin()
 
     def _ended(self) -> None:
         """
@@ -956,6 +952,8 @@ class Coordinator:
             self._gather(txn)
         if not self._holding and self._active < self._max_active:
             self._start_gathered()
+        else:
+            self.release_later()  # (at the limit: when one ends, or after max_wait)
 
     def _finished(self, txn: "_Write") -> None:
         """

@@ -1095,6 +1095,43 @@ class ActiveLimitTests(ThreeReplicasCase):
             replica.delay = 0.0
         self.assertEqual(self.successResultOf(self.write([(b"k3", b"3")])), [False])
 
+    def test_a_queued_write_waits_no_longer_than_max_wait(self) -> None:
+        """
+        A write queued behind this node's write of the same key, freed
+        while C{max_active} transactions are still in flight (a full group
+        went beyond the limit), starts after C{max_wait} too, not when a
+        replica slow to answer times out.
+        """
+        replica = self.replicas["c"]
+        answers_later = replica.prepare
+
+        def prepare(txid, writes, participants, priority, answer,  # type: ignore[no-untyped-def]
+                    partial=False):
+            if writes[0][0] == b"slow":  # c does not answer this one
+                self.events.append(("c", "prepare", txid.rsplit(":", 1)[-1]))
+                self.clock.callLater(RPC_TIMEOUT, answer, TimeoutError("timed out"))
+            else:
+                answers_later(txid, writes, participants, priority, answer, partial)
+
+        replica.prepare = prepare  # type: ignore[method-assign]
+        slow = self.write([(b"slow", b"0")])
+        group = [self.write([(b"k%d" % i, b"1")]) for i in range(1, 5)]  # full: starts
+        queued = self.write([(b"k1", b"2")])  # behind the group's write of k1
+        self.assertEqual(len(self.prepares()), 6)
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        self.assertEqual([self.successResultOf(d) for d in group], [[False]] * 4)
+        self.assertEqual(len(self.prepares()), 6)  # slow is still in flight
+        self.clock.advance(0.05)
+        self.assertEqual(len(self.prepares()), 9)
+        self.clock.advance(0.01)
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(queued), [True])
+        self.assertNoResult(slow)
+        self.clock.advance(RPC_TIMEOUT)  # c's vote times out: abort
+        self.clock.advance(0.01)
+        self.failureResultOf(slow, TransactionFailed)
+
     def test_a_prepare_that_raises_frees_its_place(self) -> None:
         """
         A write whose prepare could not be sent (the call raised) is no
