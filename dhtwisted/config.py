@@ -224,6 +224,17 @@ def _parse_level(text: str) -> str:
     return value
 
 
+#: The values of C{[node] scheduling}.
+SCHEDULING = ("batch", "normal")
+
+
+def _parse_scheduling(text: str) -> str:
+    value = text.strip().lower()
+    if value not in SCHEDULING:
+        raise ValueError(f"expected one of {', '.join(SCHEDULING)}, got {text!r}")
+    return value
+
+
 _ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl")
 
 
@@ -269,6 +280,10 @@ SCHEMA: tuple[Setting, ...] = (
             "host:port that peers dial to reach this node; empty: the listen address"),
     Setting("node", "ring_id", _parse_int, "0",
             "this node's first position on the ring, 0 .. ring_size - 1", low=0),
+    Setting("node", "scheduling", _parse_scheduling, "batch",
+            "the process's Linux scheduling policy: batch (when it wakes up it does not "
+            "preempt other processes, so that nodes and clients sharing cores each get "
+            "through more work per turn) or normal (the system's default)"),
     # [cluster]
     Setting("cluster", "seeds", _parse_seeds, "",
             "comma-separated host:port of members to join through; empty: start a new cluster"),
@@ -380,6 +395,7 @@ class NodeConfig:
     listen: Address
     advertise: Optional[Address]
     ring_id: int
+    scheduling: str
     seeds: tuple[Address, ...]
     heartbeat_interval: float
     gossip_interval: float

@@ -9,14 +9,19 @@ C{twistd -n dht --config etc/node.ini [--id ID] [--listen HOST:PORT]
 from __future__ import annotations
 
 import gc
-from typing import Any, Optional
+import os
+from typing import Any, Callable, Optional
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from .config import ConfigError, NodeConfig, config_from_file, default_config, override
+from .logs import OBSERVER
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "set_scheduling"]
+
+log = Logger(observer=OBSERVER)
 
 _OVERRIDES = (
     ("id", "node_id"),
@@ -74,11 +79,14 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
+def makeService(options: Options, reactor: Optional[Any] = None,
+                schedule: Optional[Callable[[str], None]] = None) -> IService:
     """
     The node's service, from parsed options.
 
     :param reactor: the reactor to run on; the global one if not given.
+    :param schedule: applies C{[node] scheduling} to this process;
+        L{set_scheduling} if not given.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -88,7 +96,39 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> IService:
 
     config: NodeConfig = options["node_config"]
     tune_gc()
+    (schedule or set_scheduling)(config.scheduling)
     return DHTNode(config, reactor)
+
+
+def set_scheduling(policy: str, setscheduler: Optional[Callable[..., None]] = None) -> None:
+    """
+    Run this process (and the threads it starts later) under C{policy},
+    C{"batch"} or C{"normal"} (see C{[node] scheduling}); where that cannot
+    be done, log why and go on under the policy it has.
+
+    A node is busy with many short turns: each message from a peer or
+    client wakes it. Under Linux's normal policy each of those wake-ups
+    preempts whatever runs on that core (another node, a client), so that
+    processes sharing cores interrupt each other's turns thousands of times
+    a second. Under C{SCHED_BATCH} a node that wakes up waits for the
+    running process's turn to end, and each turn gets through more work.
+
+    :param setscheduler: L{os.sched_setscheduler}, unless given.
+    """
+    name = "SCHED_BATCH" if policy == "batch" else "SCHED_OTHER"
+    if setscheduler is None:
+        setscheduler = getattr(os, "sched_setscheduler", None)
+    number = getattr(os, name, None)
+    if setscheduler is None or number is None:
+        log.warn("scheduling = {policy}: not supported on this system; the node runs "
+                 "under its default scheduling policy", policy=policy)
+        return
+    try:
+        setscheduler(0, number, os.sched_param(0))
+    except OSError as e:
+        log.warn("scheduling = {policy}: the system refused {name} ({why}); the node "
+                 "runs under the policy it was started with", policy=policy, name=name,
+                 why=e.strerror or str(e))
 
 
 def tune_gc() -> None:

@@ -226,6 +226,14 @@ class ErrorTests(SynchronousTestCase):
         config = config_from_string("[ring]\nring_size = 100\n[node]\nring_id = 99\n")
         self.assertEqual((config.ring_size, config.ring_id), (100, 99))
 
+    def test_scheduling(self) -> None:
+        """scheduling is batch unless set; normal is accepted in any case, nothing else."""
+        self.assertEqual(config_from_string("").scheduling, "batch")
+        self.assertEqual(config_from_string("[node]\nscheduling = Normal\n").scheduling,
+                         "normal")
+        message = self.assertConfigError("[node]\nscheduling = fifo\n", "node", "scheduling")
+        self.assertIn("expected one of batch, normal", message)
+
     def test_fail_after_heartbeat(self) -> None:
         """fail_after must be longer than heartbeat_interval."""
         self.assertConfigError("[cluster]\nfail_after = 1.0\n", "cluster", "fail_after")

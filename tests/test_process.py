@@ -5,6 +5,7 @@ a pipe, dhserver, redis-cli and redis-py.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socket
@@ -42,6 +43,12 @@ class NodeProcessTests(SynchronousTestCase):
         The node logs one line with its id and its real address.
         """
         self.assertIn(f"dht node proc listening on 127.0.0.1:{self.node.port}", self.node.log())
+
+    def test_scheduling_batch(self) -> None:
+        """
+        The node runs under SCHED_BATCH, as etc/node.ini's default says.
+        """
+        self.assertEqual(os.sched_getscheduler(self.node.process.pid), os.SCHED_BATCH)
 
     def test_dht_client_pipe(self) -> None:
         """

@@ -11,13 +11,13 @@ import tempfile
 
 from twisted.application.service import IService, IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from dhtwisted.config import Address, default_config
-from dhtwisted.tap import Options, makeService
+from dhtwisted.tap import Options, makeService, set_scheduling
 
 INI = b"""\
 [node]
@@ -172,7 +172,13 @@ class ServiceTests(TempIniMixin, SynchronousTestCase):
         """
         reactor = MemoryReactorClock()
         options = parse(["--config", self.write_ini(), *argv])
-        return makeService(options, reactor=reactor), reactor
+        self.policies: list[str] = []
+        return makeService(options, reactor=reactor, schedule=self.policies.append), reactor
+
+    def test_scheduling(self) -> None:
+        """The service's process is put under [node] scheduling, batch by default."""
+        self.make()
+        self.assertEqual(self.policies, ["batch"])
 
     def test_listens(self) -> None:
         """Starting the service as twistd does listens once, on the configured address."""
@@ -205,6 +211,46 @@ class ServiceTests(TempIniMixin, SynchronousTestCase):
         service.startService()
         self.assertEqual([(p, i) for p, _, _, i in reactor.tcpServers], [(9123, "127.0.0.1")])
         self.successResultOf(service.stopService())
+
+
+class SchedulingTests(SynchronousTestCase):
+    """
+    set_scheduling puts this process under a Linux scheduling policy, and
+    a system that refuses only costs a warning.
+    """
+
+    def setUp(self) -> None:
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.calls: list[tuple[int, int, int]] = []
+
+    def record(self, pid: int, policy: int, param: os.sched_param) -> None:
+        self.calls.append((pid, policy, param.sched_priority))
+
+    def warnings(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.warn]
+
+    def test_batch(self) -> None:
+        """batch is SCHED_BATCH, for this process, at the only priority it has."""
+        set_scheduling("batch", self.record)
+        self.assertEqual(self.calls, [(0, os.SCHED_BATCH, 0)])
+        self.assertEqual(self.warnings(), [])
+
+    def test_normal(self) -> None:
+        """normal is the system's default policy, set even if the parent had another."""
+        set_scheduling("normal", self.record)
+        self.assertEqual(self.calls, [(0, os.SCHED_OTHER, 0)])
+
+    def test_refused(self) -> None:
+        """A system that refuses the policy gets a warning naming it, and the node goes on."""
+        def refuse(pid: int, policy: int, param: os.sched_param) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        set_scheduling("batch", refuse)
+        self.assertEqual(self.warnings(), [
+            "scheduling = batch: the system refused SCHED_BATCH (Operation not permitted); "
+            "the node runs under the policy it was started with"])
 
 
 class PluginTests(SynchronousTestCase):
