@@ -120,6 +120,8 @@ def set_scheduling(policy: str, setscheduler: Optional[Callable[..., None]] = No
         setscheduler = getattr(os, "sched_setscheduler", None)
     number = getattr(os, name, None)
     if setscheduler is None or number is None:
+        if policy == "normal":
+            return  # (what it runs under anyway)
         log.warn("scheduling = {policy}: not supported on this system; the node runs "
                  "under its default scheduling policy", policy=policy)
         return

@@ -242,6 +242,18 @@ class SchedulingTests(SynchronousTestCase):
         set_scheduling("normal", self.record)
         self.assertEqual(self.calls, [(0, os.SCHED_OTHER, 0)])
 
+    def test_unsupported(self) -> None:
+        """
+        A system without the policy (not Linux) gets a warning for batch;
+        normal is what it runs under anyway.
+        """
+        self.patch(os, "sched_setscheduler", None)
+        set_scheduling("batch")
+        set_scheduling("normal")
+        self.assertEqual(self.warnings(), [
+            "scheduling = batch: not supported on this system; the node runs under its "
+            "default scheduling policy"])
+
     def test_refused(self) -> None:
         """A system that refuses the policy gets a warning naming it, and the node goes on."""
         def refuse(pid: int, policy: int, param: os.sched_param) -> None:
