@@ -225,7 +225,7 @@ def _parse_level(text: str) -> str:
 
 
 #: The values of C{[node] scheduling}.
-SCHEDULING = ("batch", "normal")
+SCHEDULING = ("batch", "normal", "inherit")
 
 
 def _parse_scheduling(text: str) -> str:
@@ -283,7 +283,8 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("node", "scheduling", _parse_scheduling, "batch",
             "the process's Linux scheduling policy: batch (when it wakes up it does not "
             "preempt other processes, so that nodes and clients sharing cores each get "
-            "through more work per turn) or normal (the system's default)"),
+            "through more work per turn), normal (the system's default) or inherit (the "
+            "one it was started with, e.g. by chrt or systemd's CPUSchedulingPolicy)"),
     # [cluster]
     Setting("cluster", "seeds", _parse_seeds, "",
             "comma-separated host:port of members to join through; empty: start a new cluster"),

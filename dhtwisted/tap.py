@@ -16,7 +16,14 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from .config import ConfigError, NodeConfig, config_from_file, default_config, override
+from .config import (
+    SCHEDULING,
+    ConfigError,
+    NodeConfig,
+    config_from_file,
+    default_config,
+    override,
+)
 from .logs import OBSERVER
 
 __all__ = ["Options", "makeService", "set_scheduling"]
@@ -102,9 +109,11 @@ def makeService(options: Options, reactor: Optional[Any] = None,
 
 def set_scheduling(policy: str, setscheduler: Optional[Callable[..., None]] = None) -> None:
     """
-    Run this process (and the threads it starts later) under C{policy},
-    C{"batch"} or C{"normal"} (see C{[node] scheduling}); where that cannot
-    be done, log why and go on under the policy it has.
+    Run the calling thread, and the threads and processes it starts later,
+    under C{policy}: C{"batch"}, C{"normal"} or C{"inherit"} (leave it as it
+    is), see C{[node] scheduling}. Called on twistd's main thread before any
+    other thread starts and before it daemonizes, this is the whole node.
+    Where that cannot be done, log why and go on under the policy it has.
 
     A node is busy with many short turns: each message from a peer or
     client wakes it. Under Linux's normal policy each of those wake-ups
@@ -114,7 +123,12 @@ def set_scheduling(policy: str, setscheduler: Optional[Callable[..., None]] = No
     running process's turn to end, and each turn gets through more work.
 
     :param setscheduler: L{os.sched_setscheduler}, unless given.
+    :raise ValueError: for another C{policy}.
     """
+    if policy not in SCHEDULING:
+        raise ValueError(f"unknown scheduling policy {policy!r}")
+    if policy == "inherit":
+        return
     name = "SCHED_BATCH" if policy == "batch" else "SCHED_OTHER"
     if setscheduler is None:
         setscheduler = getattr(os, "sched_setscheduler", None)

@@ -10,6 +10,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -46,9 +47,33 @@ class NodeProcessTests(SynchronousTestCase):
 
     def test_scheduling_batch(self) -> None:
         """
-        The node runs under SCHED_BATCH, as etc/node.ini's default says.
+        The node runs under SCHED_BATCH, as etc/node.ini's default says:
+        every thread of it.
         """
-        self.assertEqual(os.sched_getscheduler(self.node.process.pid), os.SCHED_BATCH)
+        pid = self.node.process.pid
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        self.assertEqual({os.sched_getscheduler(tid) for tid in threads}, {os.SCHED_BATCH})
+
+    def test_scheduling_normal(self) -> None:
+        """
+        A node with scheduling = normal runs under the system's default
+        policy, whatever it was started under; with inherit, under that.
+        """
+        twistd = tool("twistd")
+        # twistd started under SCHED_BATCH (exec keeps the pid and the policy)
+        def start(policy: str) -> NodeProcess:
+            under_batch = [sys.executable, "-c",
+                           "import os, sys; os.sched_setscheduler(0, os.SCHED_BATCH, "
+                           "os.sched_param(0)); os.execv(sys.argv[1], sys.argv[1:])",
+                           twistd, "-n", "--pidfile=", "dht"]
+            node = NodeProcess([], ini=f"{_INI}scheduling = {policy}\n", command=under_batch)
+            self.addCleanup(node.stop)
+            return node
+
+        normal = start("normal")
+        inherit = start("inherit")
+        self.assertEqual(os.sched_getscheduler(normal.process.pid), os.SCHED_OTHER)
+        self.assertEqual(os.sched_getscheduler(inherit.process.pid), os.SCHED_BATCH)
 
     def test_dht_client_pipe(self) -> None:
         """

@@ -180,6 +180,16 @@ class ServiceTests(TempIniMixin, SynchronousTestCase):
         self.make()
         self.assertEqual(self.policies, ["batch"])
 
+    def test_scheduling_from_file(self) -> None:
+        """scheduling in the config file decides the policy."""
+        reactor = MemoryReactorClock()
+        policies: list[str] = []
+        for policy in ("normal", "inherit"):
+            ini = self.write_ini(INI.replace(b"ring_id = 100\n",
+                                             b"ring_id = 100\nscheduling = %s\n" % policy.encode()))
+            makeService(parse(["--config", ini]), reactor=reactor, schedule=policies.append)
+        self.assertEqual(policies, ["normal", "inherit"])
+
     def test_listens(self) -> None:
         """Starting the service as twistd does listens once, on the configured address."""
         service, reactor = self.make()
@@ -241,6 +251,26 @@ class SchedulingTests(SynchronousTestCase):
         """normal is the system's default policy, set even if the parent had another."""
         set_scheduling("normal", self.record)
         self.assertEqual(self.calls, [(0, os.SCHED_OTHER, 0)])
+        self.assertEqual(self.warnings(), [])
+
+    def test_inherit(self) -> None:
+        """inherit leaves the policy as it was started with."""
+        set_scheduling("inherit", self.record)
+        self.assertEqual(self.calls, [])
+        self.assertEqual(self.warnings(), [])
+
+    def test_unknown(self) -> None:
+        """Another policy is a programming error, not a silent normal."""
+        self.assertRaises(ValueError, set_scheduling, "fifo", self.record)
+        self.assertEqual(self.calls, [])
+
+    def test_no_batch_policy(self) -> None:
+        """A system with sched_setscheduler but no SCHED_BATCH (FreeBSD) gets a warning."""
+        self.patch(os, "SCHED_BATCH", None)
+        set_scheduling("batch", self.record)
+        self.assertEqual(self.calls, [])
+        self.assertEqual(len(self.warnings()), 1)
+        self.assertIn("not supported on this system", self.warnings()[0])
 
     def test_unsupported(self) -> None:
         """
