@@ -54,14 +54,15 @@ class NodeProcessTests(SynchronousTestCase):
         threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
         self.assertEqual({os.sched_getscheduler(tid) for tid in threads}, {os.SCHED_BATCH})
 
-    def test_scheduling_normal(self) -> None:
+    def test_scheduling_normal_and_inherit(self) -> None:
         """
         A node with scheduling = normal runs under the system's default
         policy, whatever it was started under; with inherit, under that.
         """
         twistd = tool("twistd")
-        # twistd started under SCHED_BATCH (exec keeps the pid and the policy)
+
         def start(policy: str) -> NodeProcess:
+            # twistd started under SCHED_BATCH (exec keeps the pid and the policy)
             under_batch = [sys.executable, "-c",
                            "import os, sys; os.sched_setscheduler(0, os.SCHED_BATCH, "
                            "os.sched_param(0)); os.execv(sys.argv[1], sys.argv[1:])",
