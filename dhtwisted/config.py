@@ -217,22 +217,21 @@ def _parse_path(text: str) -> str:
     return os.path.expanduser(text.strip()) if text.strip() else ""
 
 
-def _parse_level(text: str) -> str:
-    value = text.strip().lower()
-    if value not in LEVELS:
-        raise ValueError(f"expected one of {', '.join(LEVELS)}, got {text!r}")
-    return value
+def _parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """
+    A parser of one of C{choices}, in any case.
+    """
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
 
 
 #: The values of C{[node] scheduling}.
 SCHEDULING = ("batch", "normal", "inherit")
-
-
-def _parse_scheduling(text: str) -> str:
-    value = text.strip().lower()
-    if value not in SCHEDULING:
-        raise ValueError(f"expected one of {', '.join(SCHEDULING)}, got {text!r}")
-    return value
 
 
 _ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "ssl")
@@ -280,7 +279,7 @@ SCHEMA: tuple[Setting, ...] = (
             "host:port that peers dial to reach this node; empty: the listen address"),
     Setting("node", "ring_id", _parse_int, "0",
             "this node's first position on the ring, 0 .. ring_size - 1", low=0),
-    Setting("node", "scheduling", _parse_scheduling, "batch",
+    Setting("node", "scheduling", _parse_choice(SCHEDULING), "batch",
             "the process's Linux scheduling policy: batch (when it wakes up it does not "
             "preempt other processes, so that nodes and clients sharing cores each get "
             "through more work per turn), normal (the system's default) or inherit (the "
@@ -372,7 +371,7 @@ SCHEMA: tuple[Setting, ...] = (
             "(dht-certs makes them)", attr="tls_cert"),
     Setting("tls", "key", _parse_path, "", "this node's private key (PEM)", attr="tls_key"),
     # [log]
-    Setting("log", "level", _parse_level, "info",
+    Setting("log", "level", _parse_choice(LEVELS), "info",
             "least severe events logged: debug (also client connections and HTTP requests), "
             "info, warn, error or critical", attr="log_level"),
     # [metrics]
