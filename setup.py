@@ -5,7 +5,63 @@ The twisted/plugins drop-in is listed as a package of its own (it has no
 __init__.py on purpose, so Twisted's plugin scan treats it as a namespace).
 """
 
+import os
+import sys
+
 from setuptools import find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+#: The modules of the write path, compiled to C extensions with mypyc when
+#: it is at hand (pyproject.toml asks for it at build time): the same code,
+#: type-checked, run without the interpreter's dispatch. Each still works
+#: as plain Python: DHTWISTED_PURE=1 installs them so.
+COMPILED = ["dhtwisted/version.py", "dhtwisted/store.py", "dhtwisted/twopc.py"]
+
+
+def _warn(why):
+    print(f"dhtwisted: installing the pure-Python modules only: {why}", file=sys.stderr)
+
+
+def compiled_modules():
+    """
+    The extension modules mypyc makes of L{COMPILED}; none if it is not
+    installed or fails, or if DHTWISTED_PURE is set.
+    """
+    if os.environ.get("DHTWISTED_PURE"):
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        _warn("mypyc is not installed")
+        return []
+    try:
+        # (what they import is not followed, its types being Any: the build
+        # does not depend on what else is installed)
+        return mypycify(["--follow-imports=skip", "--ignore-missing-imports", *COMPILED],
+                        opt_level="3", group_name="dhtwisted")
+    except (Exception, SystemExit) as e:  # (mypy exits on a type error)
+        _warn(f"mypyc failed: {e}")
+        return []
+
+
+class OptionalBuildExt(build_ext):
+    """
+    Build the compiled modules if a C compiler can; otherwise leave all of
+    them out (a module compiled without its group library cannot load)
+    and keep the pure-Python ones.
+    """
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as e:
+            _warn(f"the C build failed: {e}")
+            for ext in self.extensions:
+                path = self.get_ext_fullpath(ext.name)
+                if os.path.exists(path):
+                    os.remove(path)
+            self.extensions = []
+
 
 setup(
     name="dhtwisted",
@@ -55,6 +111,8 @@ setup(
             "dht-certs = dhtwisted.certs:main",
         ],
     },
+    ext_modules=compiled_modules(),
+    cmdclass={"build_ext": OptionalBuildExt},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

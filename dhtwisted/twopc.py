@@ -20,7 +20,6 @@ from functools import partial
 from typing import Any, Callable, Container, NamedTuple, Optional, Sequence
 
 from twisted.internet.defer import TimeoutError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -566,9 +565,9 @@ class Coordinator:
         self,
         node_id: str,
         clock: HybridClock,
-        reactor: IReactorTime,
+        reactor: Any,
         replicas_for: Callable[[bytes], list[str]],
-        replica: Callable[[str], IReplica],
+        replica: Callable[[str], Any],
         rpc_timeout: float = 5.0,
         retries: int = 3,
         rng: Optional[random.Random] = None,
@@ -615,7 +614,7 @@ class Coordinator:
         self._gathered: list[_Write] = []  # writes to start as one transaction
         self._gathered_bytes = 0
         self._gathered_writes = 0
-        self._start_call: Optional[IDelayedCall] = None
+        self._start_call: Any = None  # an IDelayedCall
         self._start_waits = False  # _start_call is max_wait's, not this turn's
         self._group_bytes = group_bytes
         self._group_size = group_size
@@ -949,7 +948,7 @@ class Coordinator:
         # together, as the writes of one turn go: queued writes are many
         # when a busy node's writes often share keys
         for txn in ready:
-            self._gather(txn)
+            self._gather(txn)  # type: ignore[arg-type]
         if not self._holding and self._active < self._max_active:
             self._start_gathered()
         else:
@@ -1587,8 +1586,8 @@ class _Read(_Operation):
                 nodes = [me] + [n for n in nodes if n != me]
             groups.setdefault(tuple(nodes), []).append(index)
         self.pending = len(groups)
-        for nodes, indexes in groups.items():
-            _ReadGroup(self, nodes, indexes).step()
+        for order, indexes in groups.items():
+            _ReadGroup(self, order, indexes).step()
 
     def group_done(self, indexes: list[int], result: Any) -> None:
         if isinstance(result, Exception):
