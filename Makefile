@@ -19,7 +19,10 @@ $(VENV)/.deps: setup.py
 
 # The project itself, installed as a user would (not editable, so that
 # twistd finds twisted/plugins the way it will after `pip install .`).
+# (build/ goes first: a wheel takes in whatever an earlier build left there,
+# such as the extension of a module no longer compiled)
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
+	rm -rf build
 	$(PY) -m pip install --quiet --no-deps --force-reinstall .
 	$(PY) -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
 	touch $@
@@ -33,7 +36,7 @@ run: $(VENV)/.installed
 # `python -m`, which would put the source tree first): the compiled write
 # path (see setup.py); trial runs the same tests on the source, plain Python.
 test: $(VENV)/.installed browser
-	$(PY) -b $(BIN)/pytest -p no:cacheprovider --import-mode=append -rs tests
+	DHTWISTED_TEST_INSTALLED=1 $(PY) -b $(BIN)/pytest -p no:cacheprovider --import-mode=append -rs tests
 
 trial: $(VENV)/.installed browser
 	$(PY) -b -m twisted.trial --random=0 tests

@@ -1,14 +1,18 @@
 """
 The installed package: the modules of the write path are compiled (see
-setup.py), so that the nodes and benchmarks run what `make install` built.
+setup.py) wherever a C compiler can build them, so that the nodes, the
+benchmark and `make test` run what `make install` built.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -31,6 +35,20 @@ def installed_file(module: str) -> str:
     return out.stdout.strip()
 
 
+def is_extension(path: str) -> bool:
+    return path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def can_compile() -> bool:
+    """
+    Whether an install here compiles: a C compiler, Python's headers, and
+    DHTWISTED_PURE not set to 1.
+    """
+    headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    return (os.environ.get("DHTWISTED_PURE") != "1" and os.path.exists(headers)
+            and any(shutil.which(cc) for cc in ("cc", "gcc", "clang")))
+
+
 class InstalledTests(SynchronousTestCase):
     def test_setup_lists_the_compiled_modules(self) -> None:
         """
@@ -43,12 +61,24 @@ class InstalledTests(SynchronousTestCase):
 
     def test_write_path_is_compiled(self) -> None:
         """
-        Installed, each module of the write path is a C extension; with
-        DHTWISTED_PURE set at install time, plain Python.
+        Installed where a C compiler could build them, the modules of the
+        write path are C extensions (a type error that made mypyc fail
+        would leave them plain Python); elsewhere, plain Python.
         """
-        pure = bool(os.environ.get("DHTWISTED_PURE"))
+        expected = can_compile()
         for module in COMPILED:
             path = installed_file(module)
             self.assertNotIn(ROOT + os.sep + "dhtwisted", path)
-            compiled = path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
-            self.assertEqual(compiled, not pure, f"{module} loads from {path}")
+            self.assertEqual(is_extension(path), expected, f"{module} loads from {path}")
+
+    def test_tests_run_the_installed_package(self) -> None:
+        """
+        Under `make test` (DHTWISTED_TEST_INSTALLED=1), this process runs
+        the installed package, not the source tree; `make trial` runs the
+        source.
+        """
+        for module in COMPILED:
+            path = importlib.import_module(module).__file__ or ""
+            installed = not path.startswith(ROOT + os.sep + "dhtwisted" + os.sep)
+            self.assertEqual(installed, os.environ.get("DHTWISTED_TEST_INSTALLED") == "1",
+                             f"{module} loads from {path}")
