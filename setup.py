@@ -26,7 +26,7 @@ def _warn(why):
 def compiled_modules():
     """
     The extension modules mypyc makes of L{COMPILED}; none if it is not
-    installed or fails, or if DHTWISTED_PURE is set.
+    installed or fails, or if DHTWISTED_PURE is 1.
     """
     if os.environ.get("DHTWISTED_PURE") == "1":
         return []

@@ -948,7 +948,7 @@ class Coordinator:
         # together, as the writes of one turn go: queued writes are many
         # when a busy node's writes often share keys
         for txn in ready:
-            self._gather(txn)  # type: ignore[arg-type]
+            self._gather(txn)  # type: ignore[arg-type]  # (writes: the reads went to reads)
         if not self._holding and self._active < self._max_active:
             self._start_gathered()
         else:
