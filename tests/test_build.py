@@ -18,6 +18,8 @@ import tempfile
 from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+#: The package's source tree.
+SOURCE = os.path.join(ROOT, "dhtwisted") + os.sep
 #: setup.py's COMPILED, as module names.
 COMPILED = ["dhtwisted.version", "dhtwisted.store", "dhtwisted.twopc"]
 
@@ -68,7 +70,7 @@ class InstalledTests(SynchronousTestCase):
         expected = can_compile()
         for module in COMPILED:
             path = installed_file(module)
-            self.assertNotIn(ROOT + os.sep + "dhtwisted", path)
+            self.assertFalse(path.startswith(SOURCE), f"{module} loads from {path}")
             self.assertEqual(is_extension(path), expected, f"{module} loads from {path}")
 
     def test_tests_run_the_installed_package(self) -> None:
@@ -79,6 +81,6 @@ class InstalledTests(SynchronousTestCase):
         """
         for module in COMPILED:
             path = importlib.import_module(module).__file__ or ""
-            installed = not path.startswith(ROOT + os.sep + "dhtwisted" + os.sep)
+            installed = not path.startswith(SOURCE)
             self.assertEqual(installed, os.environ.get("DHTWISTED_TEST_INSTALLED") == "1",
                              f"{module} loads from {path}")
