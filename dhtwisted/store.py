@@ -134,7 +134,7 @@ class Store:
         old = data.get(key)
         existed = False
         if old is not None:
-            if old[:_VERSION_LEN] >= version:
+            if old >= version:  # (see put_all)
                 return None
             if old[_VERSION_LEN] == _LIVE_BYTE:
                 self._live -= 1
@@ -161,7 +161,11 @@ class Store:
         for key, value in writes:
             old = get(key)
             if old is not None:
-                if old[:_VERSION_LEN] >= version:
+                # the record starts with its version, and version is exactly
+                # that long: the record compares as its version would (a
+                # record at this very version is the greater one), without
+                # slicing a copy of it out
+                if old >= version:
                     continue
                 if old[_VERSION_LEN] == _LIVE_BYTE:
                     live -= 1

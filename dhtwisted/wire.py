@@ -154,10 +154,12 @@ def writes_from_pb(pb: dht_pb2.Writes) -> list[Write]:
 
     :raises ValueError: if keys and values do not pair up.
     """
+    if len(pb.values) != len(pb.keys):
+        raise ValueError(f"bad writes: {len(pb.keys)} keys but {len(pb.values)} values")
+    if not pb.deletes:  # (SETs only: no list but the one returned)
+        return list(zip(pb.keys, pb.values))
     keys = list(pb.keys)
     values: list[Optional[bytes]] = list(pb.values)
-    if len(values) != len(keys):
-        raise ValueError(f"bad writes: {len(keys)} keys but {len(values)} values")
     for index in pb.deletes:
         if index >= len(values):
             raise ValueError(f"bad writes: delete of write {index} of {len(values)}")
