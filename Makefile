@@ -8,7 +8,7 @@ PY := $(BIN)/python
 CONFIG ?= etc/node.ini
 SOURCES := setup.py pyproject.toml README.md $(shell find dhtwisted twisted -name '*.py' -o -name '*.html' 2>/dev/null)
 
-.PHONY: install run test trial lint proto sim chaos bench bench-quick redis browser certs clean
+.PHONY: install run test trial lint proto sim chaos bench bench-quick redis mimalloc browser certs clean
 
 # The venv with the dependencies (rebuilt when setup.py changes).
 $(VENV)/.deps: setup.py
@@ -29,16 +29,16 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 
 install: $(VENV)/.installed
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed mimalloc
 	$(BIN)/twistd -n dht --config $(CONFIG)
 
 # pytest imports dhtwisted as installed (--import-mode=append, and not
 # `python -m`, which would put the source tree first): the compiled write
 # path (see setup.py); trial runs the same tests on the source, plain Python.
-test: $(VENV)/.installed browser
+test: $(VENV)/.installed browser mimalloc
 	DHTWISTED_TEST_INSTALLED=1 $(PY) -b $(BIN)/pytest -p no:cacheprovider --import-mode=append -rs tests
 
-trial: $(VENV)/.installed browser
+trial: $(VENV)/.installed browser mimalloc
 	$(PY) -b -m twisted.trial --random=0 tests
 
 # the deterministic simulation over many seeds (the suite runs 300)
@@ -48,7 +48,7 @@ sim: $(VENV)/.installed
 
 # chaos against 5 real nodes on 127.0.0.1-127.0.0.5 (the suite runs 15 s)
 DURATION ?= 120
-chaos: $(VENV)/.installed
+chaos: $(VENV)/.installed mimalloc
 	$(PY) -m tests.chaos --duration $(DURATION)
 
 # redis-server and redis-benchmark, from Debian, when missing
@@ -56,6 +56,13 @@ redis:
 	@command -v redis-benchmark >/dev/null && command -v redis-server >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    redis-server redis-tools >/dev/null; }
+
+# mimalloc, from Debian, when missing: the nodes' memory allocator
+# ([node] allocator = mimalloc, the default; without it they run on Python's)
+mimalloc:
+	@$(PYTHON) -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("mimalloc"))' || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    libmimalloc2.0 >/dev/null; }
 
 # a throwaway CA and certificates for nodes 0-9 and a client, in certs/
 # (see README, Security: mutual TLS)
@@ -72,11 +79,11 @@ $(VENV)/.bench: $(VENV)/.deps
 	touch $@
 
 # dhtwisted beside redis-server: table, results/bench-*.json and .png
-bench: redis $(VENV)/.installed $(VENV)/.bench
+bench: redis mimalloc $(VENV)/.installed $(VENV)/.bench
 	$(BIN)/dht-bench
 
 # a tiny run that only proves the benchmark works (CI)
-bench-quick: redis $(VENV)/.installed
+bench-quick: redis mimalloc $(VENV)/.installed
 	$(BIN)/dht-bench --quick --out results/quick
 
 lint: $(VENV)/.deps

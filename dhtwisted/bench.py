@@ -154,16 +154,34 @@ def start_cluster(procs: Processes, n: int, replicas: int = 3) -> list[tuple[sub
     return nodes
 
 
-def _members(port: int) -> int:
+def _text_block(port: int, command: bytes) -> bytes:
+    """
+    A node's reply to a text command whose reply is a block of lines
+    (ended by an empty line).
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"members\r\n")
+        s.sendall(command + b"\r\n")
         data = b""
         while not data.endswith(b"\r\n\r\n"):
             chunk = s.recv(65536)
             if not chunk:
                 break
             data += chunk
-    return data.count(b"status=alive")
+    return data
+
+
+def _members(port: int) -> int:
+    return _text_block(port, b"members").count(b"status=alive")
+
+
+def node_allocator(port: int) -> str:
+    """
+    The memory allocator a node runs on, as its C{INFO memory} says.
+    """
+    for line in _text_block(port, b"info memory").decode(errors="replace").splitlines():
+        if line.startswith("mem_allocator:"):
+            return line.split(":", 1)[1]
+    return "unknown"
 
 
 def _rss_kib(pid: int) -> int:
@@ -333,11 +351,13 @@ class Bench:
         scaling = [] if self.quick else [3, 5, 10]
         self.total += len(scaling) * self.runs
         memory: dict = {}
+        allocator = "unknown"
         try:
             # all three at once, each idle while another is measured
             _, redis_port = start_redis(procs)
             one = start_cluster(procs, 1)
             three = start_cluster(procs, 3)
+            allocator = node_allocator(three[0][1])
             measured = [("redis", [redis_port]), ("dht 1 node", [one[0][1]]),
                         ("dht 3 nodes", [p for _, p in three])]
             for _, ports in measured:
@@ -364,7 +384,7 @@ class Bench:
             if base and not row.error:
                 row.ratio = row.ops / base
         return {"rows": [asdict(r) for r in self.rows], "memory": memory,
-                "requests": self.requests, "runs": self.runs}
+                "requests": self.requests, "runs": self.runs, "allocator": allocator}
 
     def memory(self, procs: Processes, keys: int = 1_000_000) -> dict:
         """
@@ -411,6 +431,8 @@ def render(result: dict) -> str:
         lines.append(f"memory: {mem['bytes_per_key']:.0f} bytes per key over an empty node "
                      f"({mem['keys']} keys of 16 bytes with 16-byte values; RSS "
                      f"{mem['empty_rss_kib']} -> {mem['full_rss_kib']} KiB)")
+    if result.get("allocator"):
+        lines.append(f"dhtwisted nodes' memory allocator: {result['allocator']}")
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from . import logs
 from .logs import OBSERVER, Refusals
 from . import __version__
+from .allocator import current_allocator
 from .commands import Commands
 from .config import Address, NodeConfig, parse_address
 from .interfaces import IReplica
@@ -925,6 +926,7 @@ class DHTNode(MultiService):
                 ("used_memory_peak", peak),
                 ("used_memory_peak_human", human_size(peak, 2)),
                 ("rss_per_record", rss // len(self.store) if len(self.store) else 0),
+                ("mem_allocator", current_allocator()),
             ],
             "stats": [
                 ("total_commands_processed", sum(self.commands.calls.values())),

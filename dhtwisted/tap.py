@@ -16,6 +16,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from .allocator import current_allocator, use_allocator
 from .config import (
     SCHEDULING,
     ConfigError,
@@ -87,21 +88,32 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Optional[Any] = None,
-                schedule: Optional[Callable[[str], None]] = None) -> IService:
+                schedule: Optional[Callable[[str], None]] = None,
+                allocate: Optional[Callable[[str], None]] = None) -> IService:
     """
     The node's service, from parsed options.
 
     :param reactor: the reactor to run on; the global one if not given.
     :param schedule: applies C{[node] scheduling} to this process;
         L{set_scheduling} if not given.
+    :param allocate: applies C{[node] allocator} to this process (which
+        may start it again); if not given, L{use_allocator} when the node
+        runs on the global reactor (its own process, as under twistd), and
+        nothing when it is given a reactor (a process of someone else's).
     """
+    config: NodeConfig = options["node_config"]
+    if allocate is None and reactor is None:
+        allocate = use_allocator
+    if allocate is not None:
+        # first: it may replace the process, which then starts over from here
+        allocate(config.allocator)
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     from .node import DHTNode
 
-    config: NodeConfig = options["node_config"]
+    log.info("memory allocator: {allocator}", allocator=current_allocator())
     tune_gc()
     (schedule or set_scheduling)(config.scheduling)
     return DHTNode(config, reactor)

@@ -5,6 +5,7 @@ a pipe, dhserver, redis-cli and redis-py.
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import random
 import shutil
@@ -75,6 +76,40 @@ class NodeProcessTests(SynchronousTestCase):
         inherit = start("inherit")
         self.assertEqual(os.sched_getscheduler(normal.process.pid), os.SCHED_OTHER)
         self.assertEqual(os.sched_getscheduler(inherit.process.pid), os.SCHED_BATCH)
+
+    def test_allocator(self) -> None:
+        """
+        With the default allocator = mimalloc, a node on a system that has
+        the library runs on it: it started itself again in place (the same
+        process), and its log and INFO say so. On a system without it, it
+        says why, and runs on Python's allocator.
+        """
+        pid = self.node.process.pid
+        with open(f"/proc/{pid}/maps") as f:
+            loaded = "mimalloc" in f.read()
+        info = self.client(b"info memory\n").stdout.decode().splitlines()
+        allocator = [line for line in info if line.startswith("mem_allocator:")]
+        if ctypes.util.find_library("mimalloc"):
+            self.assertTrue(loaded)
+            self.assertRegex(allocator[0], r"^mem_allocator:mimalloc-\d+\.\d+\.\d+$")
+            self.assertIn("memory allocator: mimalloc-", self.node.log())
+        else:
+            self.assertFalse(loaded)
+            self.assertEqual(allocator, ["mem_allocator:pymalloc"])
+            self.assertIn("no mimalloc library on this system", self.node.log())
+
+    def test_allocator_python(self) -> None:
+        """
+        allocator = python: the node runs on Python's own allocator, with
+        nothing preloaded.
+        """
+        node = NodeProcess([], ini=f"{_INI}allocator = python\n")
+        self.addCleanup(node.stop)
+        with open(f"/proc/{node.process.pid}/maps") as f:
+            self.assertNotIn("mimalloc", f.read())
+        result = run_tool("dht-client", ["127.0.0.1", str(node.port)], b"info memory\n")
+        self.assertIn("mem_allocator:pymalloc", result.stdout.decode().splitlines())
+        self.assertIn("memory allocator: pymalloc", node.log())
 
     def test_dht_client_pipe(self) -> None:
         """

@@ -190,6 +190,21 @@ class ServiceTests(TempIniMixin, SynchronousTestCase):
             makeService(parse(["--config", ini]), reactor=reactor, schedule=policies.append)
         self.assertEqual(policies, ["normal", "inherit"])
 
+    def test_allocator(self) -> None:
+        """
+        [node] allocator (mimalloc by default) is applied first, before the
+        node is built; a node given a reactor, as here, is not in a process
+        of its own, which is left alone unless the caller says how.
+        """
+        allocators: list[str] = []
+        for text in (b"", b"allocator = python\n"):
+            ini = self.write_ini(INI.replace(b"ring_id = 100\n", b"ring_id = 100\n" + text))
+            makeService(parse(["--config", ini]), reactor=MemoryReactorClock(),
+                        schedule=lambda policy: allocators.append("scheduled"),
+                        allocate=allocators.append)
+        self.assertEqual(allocators, ["mimalloc", "scheduled", "python", "scheduled"])
+        self.make()  # (with no allocate: this process would have been replaced)
+
     def test_listens(self) -> None:
         """Starting the service as twistd does listens once, on the configured address."""
         service, reactor = self.make()
