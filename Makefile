@@ -62,7 +62,8 @@ redis:
 mimalloc:
 	@$(PYTHON) -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("mimalloc"))' || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    libmimalloc2.0 >/dev/null; }
+	    libmimalloc2.0 >/dev/null; } || \
+	  echo "mimalloc not installed: nodes run on Python's allocator (see [node] allocator)"
 
 # a throwaway CA and certificates for nodes 0-9 and a client, in certs/
 # (see README, Security: mutual TLS)

@@ -8,8 +8,8 @@ and the record it drops is a random one of millions. Python's own allocator
 out blocks from lists threaded through freed memory, both far apart in a
 big store: cache misses on every write. mimalloc keeps its free lists per
 64 KiB page, with the page's bookkeeping together in its segment's header;
-on 3 nodes at C{-P 16} it lets the cluster commit about a tenth more writes
-(see the README's benchmark section).
+on 3 nodes at C{-P 16} it lets the cluster commit 5-13% more writes
+(see the README, under Config file).
 
 The allocator of a CPython process is chosen before it starts
 (C{PYTHONMALLOC=malloc} with mimalloc preloaded), so the node, when asked
@@ -24,7 +24,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, MutableMapping, Optional
 
 from twisted.logger import Logger
 
@@ -62,21 +62,24 @@ def current_allocator(environ: Mapping[str, str] = os.environ,
                       process: Optional[ctypes.CDLL] = None) -> str:
     """
     What allocates this process's Python objects, as C{INFO}'s
-    C{mem_allocator} says: C{mimalloc-2.0.9}, C{libc} or C{pymalloc}.
+    C{mem_allocator} says: C{mimalloc-2.0.9}; C{malloc} (the C library's,
+    or whichever another preload put in its place); or C{pymalloc}.
     """
     if environ.get("PYTHONMALLOC", "") not in ("malloc", "malloc_debug") or (
             sys.flags.ignore_environment):
         return "pymalloc"
     version = mimalloc_version(process)
-    return f"mimalloc-{version}" if version else "libc"
+    return f"mimalloc-{version}" if version else "malloc"
 
 
 def use_allocator(
     name: str,
-    environ: Mapping[str, str] = os.environ,
+    environ: MutableMapping[str, str] = os.environ,
     find: Callable[[], Optional[str]] = lambda: ctypes.util.find_library("mimalloc"),
     execve: Callable[[str, list[str], dict[str, str]], None] = os.execve,
     process: Optional[ctypes.CDLL] = None,
+    pid: Optional[int] = None,
+    ignore_environment: Optional[bool] = None,
 ) -> None:
     """
     Run this process on the allocator C{name} (one of L{ALLOCATORS}):
@@ -84,18 +87,39 @@ def use_allocator(
     with mimalloc preloaded. Called on twistd's main thread before the node
     is built, so that nothing is lost but the work of starting.
 
+    An allocator the operator chose (C{PYTHONMALLOC} other than C{malloc},
+    or another allocator in C{LD_PRELOAD}) is kept.
+
     :param find: the mimalloc library's name, or C{None} if there is none.
     :param execve: replaces the process (L{os.execve}).
+    :param pid: this process's id (L{os.getpid}).
+    :param ignore_environment: whether Python ignores C{PYTHON*} variables
+        (C{-E} or C{-I}; from C{sys.flags} if not given).
     """
     if name not in ALLOCATORS:
         raise ValueError(f"unknown allocator {name!r}")
+    pid = os.getpid() if pid is None else pid
+    # (the marker goes: a process that copies this environment is a new start)
+    restarted = environ.pop(RESTARTED, None) == str(pid)
     if name == PYTHON or current_allocator(environ, process).startswith(MIMALLOC):
         return
-    if environ.get(RESTARTED):
+    if restarted:
         log.warn("allocator = mimalloc: started again with it, but it is not loaded "
                  "(LD_PRELOAD={preload!r}); the node runs on {allocator}",
                  preload=environ.get("LD_PRELOAD", ""),
                  allocator=current_allocator(environ, process))
+        return
+    if sys.flags.ignore_environment if ignore_environment is None else ignore_environment:
+        log.warn("allocator = mimalloc: Python runs with -E or -I, which ignore "
+                 "PYTHONMALLOC; the node runs on Python's allocator")
+        return
+    chosen = environ.get("PYTHONMALLOC", "")
+    preloaded = [path for path in environ.get("LD_PRELOAD", "").replace(":", " ").split()
+                 if "malloc" in os.path.basename(path)]
+    if chosen not in ("", "malloc") or preloaded:
+        log.info("allocator = mimalloc: the node keeps the allocator it was started with "
+                 "(PYTHONMALLOC={chosen!r}, LD_PRELOAD={preload!r})",
+                 chosen=chosen, preload=environ.get("LD_PRELOAD", ""))
         return
     library = find()
     if library is None:
@@ -106,7 +130,11 @@ def use_allocator(
     env = dict(environ)
     env["PYTHONMALLOC"] = "malloc"
     env["LD_PRELOAD"] = " ".join(filter(None, [library, environ.get("LD_PRELOAD", "")]))
-    env[RESTARTED] = "1"
+    env[RESTARTED] = str(pid)  # (execve keeps the process id)
     sys.stdout.flush()
     sys.stderr.flush()
-    execve(sys.executable, list(sys.orig_argv), env)
+    try:
+        execve(sys.executable, list(sys.orig_argv), env)
+    except OSError as e:
+        log.warn("allocator = mimalloc: could not start again ({why}); the node runs on "
+                 "Python's allocator", why=e.strerror or str(e))

@@ -290,7 +290,8 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("node", "allocator", _parse_choice(ALLOCATORS), "mimalloc",
             "the memory allocator of the node's objects: mimalloc (if the system has it, "
             "e.g. Debian's libmimalloc2.0: the node starts itself again on it, same "
-            "process id; about a tenth more writes under load) or python (Python's own)"),
+            "process id; 5-13% more writes under load) or python (the one it was "
+            "started with: Python's own unless told otherwise; never restarts)"),
     # [cluster]
     Setting("cluster", "seeds", _parse_seeds, "",
             "comma-separated host:port of members to join through; empty: start a new cluster"),

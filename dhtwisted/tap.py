@@ -25,6 +25,7 @@ from .config import (
     default_config,
     override,
 )
+from . import logs
 from .logs import OBSERVER
 
 __all__ = ["Options", "makeService", "set_scheduling"]
@@ -102,6 +103,7 @@ def makeService(options: Options, reactor: Optional[Any] = None,
         nothing when it is given a reactor (a process of someone else's).
     """
     config: NodeConfig = options["node_config"]
+    logs.configure(config.log_level)  # (for what the allocator's start logs)
     if allocate is None and reactor is None:
         allocate = use_allocator
     if allocate is not None:

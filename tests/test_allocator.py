@@ -6,7 +6,7 @@ replaced by a recorder (the real node's start is in test_process).
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -45,6 +45,7 @@ class _Process:
 
 
 ON_MIMALLOC = {"PYTHONMALLOC": "malloc"}
+PID = 4321
 
 
 class VersionTests(SynchronousTestCase):
@@ -61,16 +62,16 @@ class VersionTests(SynchronousTestCase):
     def test_current_allocator(self) -> None:
         """
         pymalloc unless PYTHONMALLOC says malloc; then mimalloc if it is
-        loaded, else the C library's.
+        loaded, else C's malloc (whichever is in the process).
         """
         self.assertEqual(current_allocator({}, _Process(209)), "pymalloc")  # type: ignore[arg-type]
         self.assertEqual(current_allocator(ON_MIMALLOC, _Process(209)),  # type: ignore[arg-type]
                          "mimalloc-2.0.9")
-        self.assertEqual(current_allocator(ON_MIMALLOC, _Process()), "libc")  # type: ignore[arg-type]
+        self.assertEqual(current_allocator(ON_MIMALLOC, _Process()), "malloc")  # type: ignore[arg-type]
 
     def test_this_process(self) -> None:
         """The test runner's own allocator is one of the three."""
-        self.assertRegex(current_allocator(), r"^(pymalloc|libc|mimalloc-\d+\.\d+\.\d+)$")
+        self.assertRegex(current_allocator(), r"^(pymalloc|malloc|mimalloc-\d+\.\d+\.\d+)$")
 
 
 class UseAllocatorTests(SynchronousTestCase):
@@ -86,10 +87,12 @@ class UseAllocatorTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     def use(self, name: str, environ: dict[str, str], library: Optional[str] = "libmimalloc.so.2",
-            process: Optional[_Process] = None) -> None:
+            process: Optional[_Process] = None, ignore_environment: bool = False,
+            execve: Optional[Callable[..., None]] = None) -> None:
         use_allocator(name, environ, find=lambda: library,
-                      execve=lambda *args: self.execs.append(args),
-                      process=process or _Process())  # type: ignore[arg-type]
+                      execve=execve or (lambda *args: self.execs.append(args)),
+                      process=process or _Process(), pid=PID,  # type: ignore[arg-type]
+                      ignore_environment=ignore_environment)
 
     def warnings(self) -> list[str]:
         return [formatEvent(e) for e in self.events if e.get("log_level").name == "warn"]
@@ -104,7 +107,21 @@ class UseAllocatorTests(SynchronousTestCase):
         executable, argv, env = self.execs[0]
         self.assertEqual((executable, argv), (sys.executable, list(sys.orig_argv)))
         self.assertEqual(env, {"HOME": "/root", "PYTHONMALLOC": "malloc",
-                               "LD_PRELOAD": "libmimalloc.so.2 libother.so", RESTARTED: "1"})
+                               "LD_PRELOAD": "libmimalloc.so.2 libother.so", RESTARTED: "4321"})
+
+    def test_marker_of_another_process(self) -> None:
+        """
+        The marker names the process started again; one copied into the
+        environment of another process does not stop it, and it is removed
+        from the environment either way.
+        """
+        environ = {RESTARTED: "1"}
+        self.use("mimalloc", environ)
+        self.assertEqual(len(self.execs), 1)
+        self.assertEqual(environ, {})
+        environ = {RESTARTED: str(PID), **ON_MIMALLOC}
+        self.use("mimalloc", environ, process=_Process(209))
+        self.assertEqual(environ, ON_MIMALLOC)
 
     def test_already_on_mimalloc(self) -> None:
         """On mimalloc already: nothing to do, nothing said."""
@@ -130,12 +147,41 @@ class UseAllocatorTests(SynchronousTestCase):
         Started again and still not on mimalloc (the preload failed): a
         warning naming the preload, and no second restart.
         """
-        self.use("mimalloc", {RESTARTED: "1", "PYTHONMALLOC": "malloc",
+        self.use("mimalloc", {RESTARTED: str(PID), "PYTHONMALLOC": "malloc",
                               "LD_PRELOAD": "libmimalloc.so.2"})
         self.assertEqual(self.execs, [])
         [warning] = self.warnings()
         self.assertIn("'libmimalloc.so.2'", warning)
-        self.assertIn("runs on libc", warning)
+        self.assertIn("runs on malloc", warning)
+
+    def test_ignore_environment(self) -> None:
+        """
+        Under python -E or -I, PYTHONMALLOC would be ignored after a
+        restart: none, and a warning saying so.
+        """
+        self.use("mimalloc", {}, ignore_environment=True)
+        self.assertEqual(self.execs, [])
+        [warning] = self.warnings()
+        self.assertIn("-E or -I", warning)
+
+    def test_operators_choice(self) -> None:
+        """
+        An allocator the node was started with on purpose (another
+        PYTHONMALLOC, another allocator preloaded) is kept.
+        """
+        self.use("mimalloc", {"PYTHONMALLOC": "pymalloc_debug"})
+        self.use("mimalloc", {"PYTHONMALLOC": "malloc",
+                              "LD_PRELOAD": "/usr/lib/libjemalloc.so.2"})
+        self.assertEqual((self.execs, self.warnings()), ([], []))
+
+    def test_exec_fails(self) -> None:
+        """A process that cannot be started again runs on, with a warning."""
+        def fail(*args: object) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        self.use("mimalloc", {}, execve=fail)
+        [warning] = self.warnings()
+        self.assertIn("could not start again (Permission denied)", warning)
 
     def test_unknown(self) -> None:
         """A name that is not an allocator is a bug of the caller's (config checks it)."""

@@ -17,6 +17,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from dhtwisted.config import Address, default_config
+from dhtwisted import tap
 from dhtwisted.tap import Options, makeService, set_scheduling
 
 INI = b"""\
@@ -203,7 +204,12 @@ class ServiceTests(TempIniMixin, SynchronousTestCase):
                         schedule=lambda policy: allocators.append("scheduled"),
                         allocate=allocators.append)
         self.assertEqual(allocators, ["mimalloc", "scheduled", "python", "scheduled"])
-        self.make()  # (with no allocate: this process would have been replaced)
+
+        def replace_process(name: str) -> None:
+            raise AssertionError("use_allocator called for a node given a reactor")
+
+        self.patch(tap, "use_allocator", replace_process)
+        self.make()
 
     def test_listens(self) -> None:
         """Starting the service as twistd does listens once, on the configured address."""
