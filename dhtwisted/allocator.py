@@ -4,9 +4,9 @@ C{[node] allocator}: which memory allocator holds the node's Python objects.
 
 Every write makes each replica drop one small record and allocate another,
 and the record it drops is a random one of millions. Python's own allocator
-(pymalloc) then touches the header of that record's 4 KiB pool, and hands
-out blocks from lists threaded through freed memory, both far apart in a
-big store: cache misses on every write. mimalloc keeps its free lists per
+(pymalloc) then touches the header of that record's pool, and hands out
+blocks from lists threaded through freed memory, both far apart in a big
+store: cache misses on every write. mimalloc keeps its free lists per
 64 KiB page, with the page's bookkeeping together in its segment's header;
 on 3 nodes at C{-P 16} it lets the cluster commit 5-13% more writes
 (see the README, under Config file).
