@@ -134,6 +134,8 @@ class DHTNode(MultiService):
         self.rng = rng or random.Random()
         now = reactor.seconds()
         self.started_at = now
+        #: what allocates this process's objects (it cannot change once started)
+        self.allocator = current_allocator()
         self.store = Store()
         self.clock = HybridClock(reactor.seconds, node_tag(config.node_id))
         keep = 4 * config.txn_timeout + config.remove_after
@@ -926,7 +928,7 @@ class DHTNode(MultiService):
                 ("used_memory_peak", peak),
                 ("used_memory_peak_human", human_size(peak, 2)),
                 ("rss_per_record", rss // len(self.store) if len(self.store) else 0),
-                ("mem_allocator", current_allocator()),
+                ("mem_allocator", self.allocator),
             ],
             "stats": [
                 ("total_commands_processed", sum(self.commands.calls.values())),
