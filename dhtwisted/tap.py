@@ -16,7 +16,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from .allocator import current_allocator, use_allocator
+from .allocator import use_allocator
 from .config import (
     SCHEDULING,
     ConfigError,
@@ -115,10 +115,11 @@ def makeService(options: Options, reactor: Optional[Any] = None,
         reactor = global_reactor
     from .node import DHTNode
 
-    log.info("memory allocator: {allocator}", allocator=current_allocator())
     tune_gc()
     (schedule or set_scheduling)(config.scheduling)
-    return DHTNode(config, reactor)
+    node = DHTNode(config, reactor)
+    log.info("memory allocator: {allocator}", allocator=node.allocator)
+    return node
 
 
 def set_scheduling(policy: str, setscheduler: Optional[Callable[..., None]] = None) -> None:
